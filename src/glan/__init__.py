@@ -1,0 +1,1 @@
+"""glan: GLAN instruction-tuning data almost from scratch."""
