@@ -1,0 +1,140 @@
+"""The Python API: what the CLI does, callable from a script or a notebook."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from glan.config import DEFAULT_BASE_URL, ConfigError, GenerateConfig
+from glan.engine.local import LocalEngine
+from glan.llm.client import OpenAIClient, RetryPolicy
+from glan.output import OUTPUT_NAME, JsonlOutput
+from glan.pipeline import Pipeline
+from glan.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
+from glan.store import Store
+from glan.taxonomy import Taxonomy
+
+ProgressMode = Literal["auto", "live", "log", "none"]
+
+
+@dataclass
+class StageStatus:
+    done: int
+    pending: int
+    failed: int
+    requests: int
+    tokens_in: int
+    tokens_out: int
+
+
+@dataclass
+class RunStatus:
+    run_dir: Path
+    stages: dict[str, StageStatus]
+    rows: int
+    errors: list[tuple[str, str, str]]
+
+    @property
+    def complete(self) -> bool:
+        return all(s.pending == 0 and s.failed == 0 for s in self.stages.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(s.failed for s in self.stages.values())
+
+
+def generate(
+    config: GenerateConfig, out: str | Path, *, progress: ProgressMode = "auto"
+) -> RunStatus:
+    """Run (or continue) the pipeline into ``out``; returns the run's status when it stops.
+
+    In a notebook, where an event loop is already running, use ``await agenerate(...)``.
+    """
+    return asyncio.run(agenerate(config, out, progress=progress))
+
+
+async def agenerate(
+    config: GenerateConfig, out: str | Path, *, progress: ProgressMode = "none"
+) -> RunStatus:
+    run_dir = Path(out)
+    base_url, api_key = _endpoint(config)
+    taxonomy = Taxonomy.load(config.taxonomy)
+    disciplines = taxonomy.select(config.disciplines)
+    store = Store.open(run_dir)
+    try:
+        store.log_invocation(config.model_dump(mode="json"))
+        stats = RunStats()
+        output = JsonlOutput(run_dir / OUTPUT_NAME)
+        output.open(store)
+        client = OpenAIClient(
+            base_url,
+            api_key,
+            timeout=config.timeout,
+            retry=RetryPolicy(max_retries=config.max_retries, backoff_base=config.retry_backoff),
+            structured=config.structured_output,
+            max_connections=config.concurrency,
+        )
+        async with client:
+            engine = LocalEngine(config, store, client, output, stats, _display(progress, stats))
+            engine.prepare(Pipeline(config).roots(disciplines))
+            try:
+                await engine.run()
+            finally:
+                output.close()
+        return status(run_dir, store)
+    finally:
+        store.close()
+
+
+def status(run_dir: str | Path, store: Store | None = None) -> RunStatus:
+    """Per-stage counts, requests and tokens of a run directory."""
+    run_dir = Path(run_dir)
+    if store is None:
+        if not (run_dir / "glan.db").exists():
+            raise ConfigError(f"{run_dir} is not a glan run directory (no glan.db in it)")
+        store = Store.open(run_dir)
+        try:
+            return status(run_dir, store)
+        finally:
+            store.close()
+    counts = store.counts()
+    usage = store.usage_by_stage()
+    stages: dict[str, StageStatus] = {}
+    for stage in Pipeline(GenerateConfig()).stages.values():
+        statuses = counts.get(stage.kind, {})
+        used = usage.get(stage.name, {})
+        stages[stage.name] = StageStatus(
+            done=statuses.get("done", 0),
+            pending=statuses.get("pending", 0),
+            failed=statuses.get("failed", 0),
+            requests=used.get("calls", 0),
+            tokens_in=used.get("tokens_in", 0),
+            tokens_out=used.get("tokens_out", 0),
+        )
+    ordered = {name: stages[name] for name in LABELS}
+    return RunStatus(run_dir, ordered, rows=ordered["answer"].done, errors=store.errors())
+
+
+def _endpoint(config: GenerateConfig) -> tuple[str, str | None]:
+    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    api_key = config.api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+        raise ConfigError(
+            "no API key: set OPENAI_API_KEY or pass --api-key (for a local server such as vLLM or"
+            " Ollama, pass --base-url http://HOST:PORT/v1)"
+        )
+    return base_url, api_key
+
+
+def _display(mode: ProgressMode, stats: RunStats) -> LiveProgress | LogProgress | NoProgress:
+    if mode == "auto":
+        mode = "live" if sys.stderr.isatty() else "log"
+    if mode == "live":
+        return LiveProgress(stats)
+    if mode == "log":
+        return LogProgress(stats)
+    return NoProgress()

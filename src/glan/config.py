@@ -1,0 +1,106 @@
+"""Run configuration: defaults from the paper, a YAML file (``--config``), then CLI flags on top."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class ConfigError(ValueError):
+    """A config file or option that cannot be used; the message says which and why."""
+
+
+class StageSettings(BaseModel):
+    """Model and sampling of one stage; no ``model`` means the run's (answers: ``answer_model``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+
+
+class Stages(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Paper: subjects and syllabi at T=1.0, top-p 0.95; answers at T=0.7, top-p 0.95.
+    subjects: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=4096)
+    syllabus: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=4096)
+    question: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=1024)
+    answer: StageSettings = StageSettings(temperature=0.7, top_p=0.95, max_tokens=2048)
+
+
+class GenerateConfig(BaseModel):
+    """Everything that decides what a run asks for. Same config and seed, same ids and prompts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # teacher
+    model: str = "gpt-4o-mini"
+    answer_model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    structured_output: Literal["auto", "response_format", "prompt"] = "auto"
+    send_seed: bool = True
+    # what to generate
+    taxonomy: Path | None = None
+    disciplines: list[str] | None = None
+    language: str | None = None  # of questions and answers; None: the teacher's default
+    syllabus_language: str | None = None  # of subjects and syllabi; None: English
+    subject_queries: int = Field(default=10, ge=1)
+    max_subjects_per_discipline: int | None = Field(default=None, ge=1)
+    questions_per_syllabus: int = Field(default=10, ge=0)
+    challenging_ratio: float = Field(default=0.5, ge=0, le=1)
+    single_turn: bool = False
+    seed: int = 0
+    stages: Stages = Stages()
+    # engine
+    concurrency: int = Field(default=64, ge=1)
+    timeout: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    retry_backoff: float = Field(default=1.0, ge=0)  # seconds; doubles each retry, with jitter
+    repair_attempts: int = Field(default=2, ge=0)
+
+    def stage(self, name: str) -> StageSettings:
+        """The settings of stage ``name`` with its model filled in."""
+        settings: StageSettings = getattr(self.stages, name)
+        default = (self.answer_model or self.model) if name == "answer" else self.model
+        return settings.model_copy(update={"model": settings.model or default})
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> GenerateConfig:
+        """Defaults, then the YAML file, then ``overrides`` that are not None."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values = _read_yaml(Path(path))
+        for key, value in overrides.items():
+            if value is not None:
+                values[key] = value
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            where = f" in {path}" if path else ""
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise ConfigError(f"invalid configuration{where}: {problems}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of option: value")
+    return data

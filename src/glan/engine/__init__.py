@@ -1,0 +1,1 @@
+"""Engines run the stages: scheduling, concurrency, retries, persistence and progress."""

@@ -1,0 +1,88 @@
+"""Chat requests and responses, independent of any HTTP library."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Any, TypedDict
+
+from glan.ids import canonical_json, stable_id
+
+
+class Message(TypedDict):
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat completion to ask for.
+
+    ``schema`` is a JSON schema (with ``schema_name``) when the stage wants structured output.
+    ``tag`` distinguishes requests whose body is the same on purpose (the 10 identical subject
+    queries of one discipline, a retry after an unusable reply): it is part of the cache key.
+    """
+
+    model: str
+    messages: tuple[Message, ...]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    schema: dict[str, Any] | None = None
+    schema_name: str | None = None
+    tag: str = ""
+
+    def body(self, *, response_format: bool = True) -> dict[str, Any]:
+        """The OpenAI-compatible JSON body."""
+        body: dict[str, Any] = {"model": self.model, "messages": list(self.messages)}
+        for name in ("temperature", "top_p", "max_tokens", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        if self.schema is not None and response_format:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": self.schema_name or "reply",
+                    "schema": self.schema,
+                    "strict": True,
+                },
+            }
+        return body
+
+    @property
+    def key(self) -> str:
+        """Content address of what was asked: the same key is never paid for twice."""
+        return stable_id("call", self.body(), self.tag)
+
+    def packed(self) -> bytes:
+        """The request as stored for audit: compressed JSON (syllabi repeat a lot)."""
+        return zlib.compress(canonical_json({"body": self.body(), "tag": self.tag}).encode(), 1)
+
+    def followed_by(self, *messages: Message, tag: str | None = None) -> ChatRequest:
+        """This conversation, continued."""
+        return replace(
+            self, messages=self.messages + tuple(messages), tag=self.tag if tag is None else tag
+        )
+
+
+@dataclass
+class ChatResponse:
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency: float = 0.0
+    model: str = ""
+    cached: bool = field(default=False, compare=False)
+
+    @property
+    def truncated(self) -> bool:
+        """Cut off at max tokens."""
+        return self.finish_reason == "length"
+
+
+def unpack_request(blob: bytes) -> dict[str, Any]:
+    return json.loads(zlib.decompress(blob))

@@ -1,0 +1,87 @@
+"""The GLAN tree as stages: which stage works on which kind of node, and how the tree grows.
+
+Shared by every engine, so the local and Ray engines cannot disagree on ids or prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from glan.config import GenerateConfig
+from glan.ids import stable_id
+from glan.stages import AnswerStage, QuestionStage, Stage, SubjectsStage, SyllabusStage
+from glan.store import NewNode, Node
+
+if TYPE_CHECKING:
+    from glan.taxonomy import Discipline
+
+# Deepest first: finishing answers before starting new syllabi keeps the queue short and gets
+# rows into instructions.jsonl early.
+KINDS = ("answer", "question", "subject", "subject_query")
+
+
+class Pipeline:
+    def __init__(self, config: GenerateConfig) -> None:
+        self.config = config
+        self.subjects = SubjectsStage(config)
+        self.stages: dict[str, Stage] = {
+            stage.kind: stage
+            for stage in (
+                self.subjects,
+                SyllabusStage(config),
+                QuestionStage(config),
+                AnswerStage(config),
+            )
+        }
+
+    def roots(self, disciplines: Iterable[Discipline]) -> list[NewNode]:
+        """Discipline nodes (nothing to ask) and their subject queries."""
+        nodes: list[NewNode] = []
+        for seq, discipline in enumerate(disciplines):
+            root = NewNode(
+                id=discipline.id,
+                kind="discipline",
+                parent_id=None,
+                seq=seq,
+                status="done",
+                data={
+                    "field": discipline.field,
+                    "sub_field": discipline.sub_field,
+                    "discipline": discipline.name,
+                    "path": list(discipline.path),
+                    "description": discipline.description,
+                },
+            )
+            nodes.append(root)
+            nodes.extend(self.subjects.queries(_as_node(root)))
+        return nodes
+
+    def children(self, node: Node) -> list[NewNode]:
+        """The children of a finished node (pure: the same node gives the same children)."""
+        if node.kind == "discipline":
+            return self.subjects.queries(node)
+        return self.stages[node.kind].expand(node)
+
+    def expansion_signature(self) -> str:
+        """Changes when a setting that shapes the tree does: then finished nodes are re-expanded."""
+        c = self.config
+        return stable_id(
+            c.subject_queries,
+            c.max_subjects_per_discipline,
+            c.questions_per_syllabus,
+            c.challenging_ratio,
+            c.seed,
+        )
+
+
+def _as_node(new: NewNode) -> Node:
+    return Node(
+        id=new.id,
+        kind=new.kind,
+        parent_id=new.parent_id,
+        seq=new.seq,
+        data=new.data,
+        status=new.status,
+        result=new.result,
+    )

@@ -1,0 +1,170 @@
+"""Run statistics and how they are shown: a live display on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from glan.llm.types import ChatResponse
+
+# Stage name -> label, in pipeline order.
+LABELS = {
+    "subjects": "subjects",
+    "syllabus": "syllabi",
+    "question": "questions",
+    "answer": "answers",
+}
+
+
+@dataclass
+class StageStats:
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    requests: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+@dataclass
+class RunStats:
+    stages: dict[str, StageStats] = field(
+        default_factory=lambda: {name: StageStats() for name in LABELS}
+    )
+    started: float = field(default_factory=time.monotonic)
+
+    def record(self, stage: str, response: ChatResponse) -> None:
+        """A paid-for reply arrived."""
+        stats = self.stages[stage]
+        stats.requests += 1
+        stats.tokens_in += response.prompt_tokens
+        stats.tokens_out += response.completion_tokens
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests for s in self.stages.values())
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        return (
+            sum(s.tokens_in for s in self.stages.values()),
+            sum(s.tokens_out for s in self.stages.values()),
+        )
+
+
+class LiveProgress:
+    """A bar per stage (done/total, rate, tokens, failures, ETA) while the run goes."""
+
+    def __init__(self, stats: RunStats, console: Console | None = None) -> None:
+        self.stats = stats
+        self.progress = Progress(
+            TextColumn("[bold]{task.description:>9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>7}/s"),
+            TextColumn("[red]{task.fields[failed]}"),
+            TextColumn("[dim]{task.fields[tokens]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console or Console(stderr=True),
+            refresh_per_second=4,
+        )
+        self.tasks: dict[str, TaskID] = {}
+        self._last = {name: (time.monotonic(), 0) for name in LABELS}
+
+    def start(self) -> None:
+        for name, label in LABELS.items():
+            self.tasks[name] = self.progress.add_task(
+                label, total=None, rate="", failed="", tokens=""
+            )
+        self.progress.start()
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        for name, stats in self.stages():
+            then, done_then = self._last[name]
+            rate = (stats.done - done_then) / max(now - then, 1e-9)
+            if now - then >= 2:
+                self._last[name] = (now, stats.done)
+            self.progress.update(
+                self.tasks[name],
+                total=stats.total or None,
+                completed=stats.done,
+                rate=f"{rate:.1f}",
+                failed=f"{stats.failed} failed" if stats.failed else "",
+                tokens=f"{_short(stats.tokens_in)}→{_short(stats.tokens_out)} tok",
+            )
+
+    def stages(self) -> list[tuple[str, StageStats]]:
+        return list(self.stats.stages.items())
+
+    def stop(self) -> None:
+        self.refresh()
+        self.progress.stop()
+
+
+class LogProgress:
+    """One plain line every ``every`` seconds, for logs and CI."""
+
+    def __init__(self, stats: RunStats, stream: TextIO | None = None, every: float = 10.0) -> None:
+        self.stats = stats
+        self.stream = stream or sys.stderr
+        self.every = every
+        self._next = time.monotonic() + every
+
+    def start(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self.every
+            self.line()
+
+    def line(self) -> None:
+        parts = []
+        for name, stats in self.stats.stages.items():
+            failed = f" ({stats.failed} failed)" if stats.failed else ""
+            parts.append(f"{LABELS[name]} {stats.done}/{stats.total}{failed}")
+        tokens_in, tokens_out = self.stats.tokens
+        elapsed = time.monotonic() - self.stats.started
+        print(
+            f"[glan {elapsed:7.0f}s] {' | '.join(parts)} | {self.stats.requests} requests,"
+            f" {_short(tokens_in)} tokens in, {_short(tokens_out)} out",
+            file=self.stream,
+            flush=True,
+        )
+
+    def stop(self) -> None:
+        self.line()
+
+
+class NoProgress:
+    def start(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def _short(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)

@@ -1,0 +1,64 @@
+"""An answer per question, in a separate call (paper: often a cheaper model, T=0.7, top-p 0.95).
+A finished answer is a row of the dataset, with its whole lineage."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from glan.config import GenerateConfig
+from glan.prompts import PROMPT_VERSION, render
+from glan.stages.base import Teacher, request_for, system, user
+from glan.store import NewNode, Node
+
+LINEAGE = (
+    "field",
+    "sub_field",
+    "discipline",
+    "subject",
+    "level",
+    "sessions",
+    "key_concepts",
+    "question_type",
+)
+
+
+class AnswerStage:
+    kind: ClassVar[str] = "answer"
+    name: ClassVar[str] = "answer"
+    output: ClassVar[bool] = True
+
+    def __init__(self, config: GenerateConfig) -> None:
+        self.config = config
+
+    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+        question = parent.result["question"]
+        reply = await teacher.text(
+            request_for(
+                self.config,
+                self.name,
+                node,
+                system(render("answer_system", language=self.config.language)),
+                user(question),
+            )
+        )
+        meta = {key: parent.data.get(key) for key in LINEAGE}
+        meta.update(
+            question_model=parent.result["model"],
+            answer_model=reply.model or self.config.stage(self.name).model,
+            prompt_version=PROMPT_VERSION,
+            seed=self.config.seed,
+            language=self.config.language,
+            question_id=parent.id,
+            truncated=reply.truncated or parent.result["finish_reason"] == "length",
+        )
+        return {
+            "id": node.id,
+            "messages": [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": reply.text.strip()},
+            ],
+            "meta": meta,
+        }
+
+    def expand(self, node: Node) -> list[NewNode]:
+        return []

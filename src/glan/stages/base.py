@@ -1,0 +1,67 @@
+"""What a stage is, and what it may ask of the engine."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from glan.config import GenerateConfig, StageSettings
+from glan.ids import stable_int
+from glan.llm.types import ChatRequest, ChatResponse, Message
+from glan.store import NewNode, Node
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Teacher(Protocol):
+    """The engine's side: cached, committed, retried calls. A stage never sees HTTP or SQL."""
+
+    async def text(self, request: ChatRequest) -> ChatResponse:
+        """A reply with some text in it (empty replies are asked again)."""
+        ...
+
+    async def json(self, request: ChatRequest, schema: type[M]) -> M:
+        """A reply validated against ``schema`` (invalid JSON gets bounded repair turns)."""
+        ...
+
+
+class Stage(Protocol):
+    """One level of the tree: ``run`` does a node's calls, ``expand`` derives its children."""
+
+    kind: ClassVar[str]  # the node kind this stage works on
+    name: ClassVar[str]  # the config section and progress label
+    output: ClassVar[bool]  # results are rows of instructions.jsonl
+
+    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any: ...
+
+    def expand(self, node: Node) -> list[NewNode]: ...
+
+
+def user(content: str) -> Message:
+    return {"role": "user", "content": content}
+
+
+def system(content: str) -> Message:
+    return {"role": "system", "content": content}
+
+
+def assistant(content: str) -> Message:
+    return {"role": "assistant", "content": content}
+
+
+def request_for(
+    config: GenerateConfig, stage: str, node: Node, *messages: Message, tag: str = ""
+) -> ChatRequest:
+    """A request with the stage's model and sampling, and a seed derived from the node's id."""
+    settings: StageSettings = config.stage(stage)
+    assert settings.model is not None
+    return ChatRequest(
+        model=settings.model,
+        messages=messages,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_tokens,
+        seed=stable_int(config.seed, node.id, bits=31) if config.send_seed else None,
+        tag=tag,
+    )

@@ -1,0 +1,111 @@
+"""Question specs sampled from a syllabus, and one homework question per spec (paper 3.4).
+
+Two strategies, both from the paper: "basic" picks one class session and 1-5 of its key concepts;
+"challenging" picks two sessions and 2-5 key concepts that span both.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar
+
+from glan.config import GenerateConfig
+from glan.ids import stable_id, stable_int
+from glan.prompts import render
+from glan.stages.base import Teacher, request_for, user
+from glan.store import NewNode, Node
+
+MAX_CONCEPTS = 5
+
+
+def sample_spec(
+    sessions: list[dict[str, Any]], rng: random.Random, challenging_ratio: float
+) -> dict[str, Any]:
+    """One question spec: which sessions (0-based) and which of their key concepts."""
+    if len(sessions) >= 2 and rng.random() < challenging_ratio:
+        first, second = sorted(rng.sample(range(len(sessions)), 2))
+        a, b = sessions[first]["key_concepts"], sessions[second]["key_concepts"]
+        union = list(dict.fromkeys(a + b))
+        if len(union) >= 2:
+            # Spanning both sessions: one concept from each, then the rest from either.
+            from_a = rng.choice(a)
+            from_b = rng.choice([c for c in b if c != from_a] or b)
+            picked = list(dict.fromkeys([from_a, from_b]))
+            count = rng.randint(2, min(MAX_CONCEPTS, len(union)))
+            picked += rng.sample([c for c in union if c not in picked], count - len(picked))
+            return {"type": "challenging", "sessions": [first, second], "key_concepts": picked}
+    index = rng.randrange(len(sessions))
+    concepts = list(dict.fromkeys(sessions[index]["key_concepts"]))
+    count = rng.randint(1, min(MAX_CONCEPTS, len(concepts)))
+    return {"type": "basic", "sessions": [index], "key_concepts": rng.sample(concepts, count)}
+
+
+def sample_specs(config: GenerateConfig, subject: Node) -> list[NewNode]:
+    """The question nodes of a finished syllabus. Spec ``i`` depends only on (seed, subject, i), so
+    asking for more questions per syllabus later keeps the first ones."""
+    sessions = subject.result["sessions"]
+    nodes = []
+    for i in range(config.questions_per_syllabus):
+        rng = random.Random(stable_int(config.seed, subject.id, i))
+        spec = sample_spec(sessions, rng, config.challenging_ratio)
+        lineage = {k: v for k, v in subject.data.items() if k not in ("subtopics", "description")}
+        nodes.append(
+            NewNode(
+                id=stable_id(subject.id, "question", i),
+                kind="question",
+                parent_id=subject.id,
+                seq=i,
+                data={
+                    **lineage,
+                    "question_type": spec["type"],
+                    "session_numbers": [s + 1 for s in spec["sessions"]],
+                    "sessions": [sessions[s]["title"] for s in spec["sessions"]],
+                    "key_concepts": spec["key_concepts"],
+                },
+            )
+        )
+    return nodes
+
+
+class QuestionStage:
+    kind: ClassVar[str] = "question"
+    name: ClassVar[str] = "question"
+    output: ClassVar[bool] = False
+
+    def __init__(self, config: GenerateConfig) -> None:
+        self.config = config
+
+    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+        spec = node.data
+        prompt = render(
+            "question",
+            discipline=spec["discipline"],
+            subject=spec["subject"],
+            level=spec["level"],
+            syllabus=parent.result,
+            learned_up_to=max(spec["session_numbers"]),
+            question_type=spec["question_type"],
+            sessions=[
+                {"number": n, "title": t}
+                for n, t in zip(spec["session_numbers"], spec["sessions"], strict=True)
+            ],
+            key_concepts=spec["key_concepts"],
+            language=self.config.language,
+        )
+        reply = await teacher.text(request_for(self.config, self.name, node, user(prompt)))
+        return {
+            "question": reply.text.strip(),
+            "model": reply.model or self.config.stage(self.name).model,
+            "finish_reason": reply.finish_reason,
+        }
+
+    def expand(self, node: Node) -> list[NewNode]:
+        return [
+            NewNode(
+                id=stable_id(node.id, "answer"),
+                kind="answer",
+                parent_id=node.id,
+                seq=0,
+                data={},
+            )
+        ]

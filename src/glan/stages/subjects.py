@@ -1,0 +1,109 @@
+"""Subjects per discipline: several queries at T=1.0, merged and de-duplicated (paper 3.2)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, field_validator
+
+from glan.config import GenerateConfig
+from glan.ids import stable_id
+from glan.prompts import render
+from glan.stages.base import Teacher, assistant, request_for, user
+from glan.store import NewNode, Node
+
+
+class Subject(BaseModel):
+    name: str = Field(description="the subject's name, as in a course catalogue")
+    level: str = Field(description="e.g. high school, undergraduate, graduate, professional")
+    subtopics: list[str] = Field(description="the main subtopics the subject covers")
+
+
+class SubjectList(BaseModel):
+    subjects: list[Subject]
+
+    @field_validator("subjects")
+    @classmethod
+    def _named(cls, subjects: list[Subject]) -> list[Subject]:
+        named = [s for s in subjects if s.name.strip()]
+        if not named:
+            raise ValueError("the list needs at least one named subject")
+        return named
+
+
+class SubjectsStage:
+    """A ``subject_query`` node is one sample of the discipline's subject list."""
+
+    kind: ClassVar[str] = "subject_query"
+    name: ClassVar[str] = "subjects"
+    output: ClassVar[bool] = False
+
+    def __init__(self, config: GenerateConfig) -> None:
+        self.config = config
+
+    def queries(self, discipline: Node) -> list[NewNode]:
+        return [
+            NewNode(
+                id=stable_id(discipline.id, "subjects", q),
+                kind=self.kind,
+                parent_id=discipline.id,
+                seq=q,
+                data={"query": q},
+            )
+            for q in range(self.config.subject_queries)
+        ]
+
+    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+        lineage = parent.data
+        ask = request_for(
+            self.config,
+            self.name,
+            node,
+            user(
+                render(
+                    "subjects",
+                    discipline=lineage["discipline"],
+                    path=" > ".join(lineage["path"][:-1]),
+                    description=lineage.get("description"),
+                    language=self.config.syllabus_language,
+                )
+            ),
+            tag=f"query-{node.data['query']}",
+        )
+        if not self.config.single_turn:
+            draft = await teacher.text(ask)
+            ask = ask.followed_by(assistant(draft.text), user(render("subjects_json")))
+        listing = await teacher.json(ask, SubjectList)
+        return [subject.model_dump() for subject in listing.subjects]
+
+    def expand(self, node: Node) -> list[NewNode]:
+        return []  # subjects need every query of the discipline: see merge()
+
+    def merge(self, discipline: Node, queries: list[Node]) -> list[NewNode]:
+        """All queries of a discipline answered: the subjects, de-duplicated, first seen first."""
+        subjects: dict[str, NewNode] = {}
+        cap = self.config.max_subjects_per_discipline
+        for query in sorted(queries, key=lambda q: q.seq):
+            for subject in query.result:
+                key = normalise(subject["name"])
+                if key in subjects or (cap is not None and len(subjects) >= cap):
+                    continue
+                subjects[key] = NewNode(
+                    id=stable_id(discipline.id, "subject", key),
+                    kind="subject",
+                    parent_id=discipline.id,
+                    seq=len(subjects),
+                    data={
+                        **discipline.data,
+                        "subject": subject["name"].strip(),
+                        "level": subject["level"].strip(),
+                        "subtopics": subject["subtopics"],
+                    },
+                )
+        return list(subjects.values())
+
+
+def normalise(name: str) -> str:
+    """Subject names that differ only in case, spacing or punctuation are the same subject."""
+    return re.sub(r"[\W_]+", " ", name.casefold()).strip()

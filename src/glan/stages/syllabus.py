@@ -1,0 +1,74 @@
+"""A syllabus per subject: class sessions, each with key concepts (paper 3.3)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, field_validator
+
+from glan.config import GenerateConfig
+from glan.prompts import render
+from glan.stages.base import Teacher, assistant, request_for, user
+from glan.stages.questions import sample_specs
+from glan.store import NewNode, Node
+
+
+class ClassSession(BaseModel):
+    title: str
+    description: str
+    key_concepts: list[str] = Field(description="about five short noun phrases")
+
+
+class Syllabus(BaseModel):
+    introduction: str
+    sessions: list[ClassSession] = Field(description="the class sessions in teaching order")
+
+    # Checked here rather than as minItems in the schema: OpenAI's strict mode rejects some
+    # constraints, and a validation error gets a repair turn like any other.
+    @field_validator("sessions")
+    @classmethod
+    def _has_sessions(cls, sessions: list[ClassSession]) -> list[ClassSession]:
+        kept = [
+            s.model_copy(update={"key_concepts": [c.strip() for c in s.key_concepts if c.strip()]})
+            for s in sessions
+        ]
+        kept = [s for s in kept if s.key_concepts]
+        if not kept:
+            raise ValueError("the syllabus needs at least one class session with key concepts")
+        return kept
+
+
+class SyllabusStage:
+    """A ``subject`` node is done when its syllabus is; its children are question specs."""
+
+    kind: ClassVar[str] = "subject"
+    name: ClassVar[str] = "syllabus"
+    output: ClassVar[bool] = False
+
+    def __init__(self, config: GenerateConfig) -> None:
+        self.config = config
+
+    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+        ask = request_for(
+            self.config,
+            self.name,
+            node,
+            user(
+                render(
+                    "syllabus",
+                    discipline=node.data["discipline"],
+                    subject=node.data["subject"],
+                    level=node.data["level"],
+                    subtopics=node.data["subtopics"],
+                    language=self.config.syllabus_language,
+                )
+            ),
+        )
+        if not self.config.single_turn:
+            draft = await teacher.text(ask)
+            ask = ask.followed_by(assistant(draft.text), user(render("syllabus_json")))
+        syllabus = await teacher.json(ask, Syllabus)
+        return syllabus.model_dump()
+
+    def expand(self, node: Node) -> list[NewNode]:
+        return sample_specs(self.config, node)

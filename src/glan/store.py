@@ -1,0 +1,369 @@
+"""The run directory's SQLite store: every item by id, every paid-for reply by request hash.
+
+One file (WAL) per run. Writes from the engine go into an open transaction and are committed in
+groups (``await store.durable()``), because a commit per reply would cap throughput; nothing that
+depends on a reply is done before the reply's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from glan.llm.types import ChatRequest, ChatResponse
+
+DB_NAME = "glan.db"
+
+# Numbered migrations: index i brings user_version i to i + 1. Never edit one that has shipped.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        parent_id TEXT,
+        seq INTEGER NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        data TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        out_seq INTEGER,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX nodes_queue ON nodes (kind, status);
+    CREATE INDEX nodes_parent ON nodes (parent_id);
+    CREATE UNIQUE INDEX nodes_out ON nodes (out_seq) WHERE out_seq IS NOT NULL;
+    CREATE TABLE calls (
+        key TEXT PRIMARY KEY,
+        node_id TEXT,
+        stage TEXT,
+        model TEXT NOT NULL,
+        request BLOB NOT NULL,
+        text TEXT NOT NULL,
+        finish_reason TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        latency REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX calls_stage ON calls (stage);
+    CREATE TABLE invocations (
+        started_at REAL NOT NULL,
+        config TEXT NOT NULL
+    );
+    """,
+]
+
+
+class StoreError(Exception):
+    """The run directory cannot be used (not writable, disk full, newer schema)."""
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    kind: str
+    parent_id: str | None
+    seq: int
+    data: dict[str, Any]
+    status: str = "pending"
+    result: Any = None
+    error: str | None = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True)
+class NewNode:
+    """A child to insert; ``status='done'`` for items that need no call (disciplines, subjects)."""
+
+    id: str
+    kind: str
+    parent_id: str | None
+    seq: int
+    data: dict[str, Any]
+    status: str = "pending"
+    result: Any = None
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA busy_timeout=10000")
+            self._migrate()
+        except (sqlite3.Error, OSError) as error:
+            raise StoreError(f"cannot open the run store {path}: {error}") from None
+        self._in_tx = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._after_commit: list[Any] = []
+        self._next_out_seq = (
+            self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0] + 1
+        )
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> Store:
+        return cls(Path(run_dir) / DB_NAME)
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path} was written by a newer glan (schema {version}); upgrade glan"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            self.db.executescript(
+                f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
+            )
+
+    def close(self) -> None:
+        self.commit()
+        self.db.close()
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+        try:
+            return self.db.execute(sql, tuple(params))
+        except sqlite3.OperationalError as error:
+            raise StoreError(f"writing {self.path} failed: {error}") from None
+
+    def commit(self) -> None:
+        """Make every write so far durable, then wake whoever waits on it."""
+        if self._in_tx:
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                raise StoreError(f"committing {self.path} failed: {error}") from None
+            self._in_tx = False
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def durable(self) -> None:
+        """Wait until the writes made so far are committed (by the engine's commit loop)."""
+        if not self._in_tx:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def after_commit(self, callback: Any) -> None:
+        self._after_commit.append(callback)
+
+    @property
+    def dirty(self) -> bool:
+        return self._in_tx or bool(self._waiters)
+
+    # -- meta and invocations -----------------------------------------------------------------
+
+    def get_meta(self, key: str) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
+        )
+
+    def log_invocation(self, config: dict[str, Any]) -> None:
+        self._write(
+            "INSERT INTO invocations (started_at, config) VALUES (?, ?)",
+            (time.time(), json.dumps(config, default=str)),
+        )
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def cached_call(self, key: str) -> ChatResponse | None:
+        row = self.db.execute(
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model"
+            " FROM calls WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        return ChatResponse(*row, cached=True)
+
+    def save_call(
+        self, request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
+    ) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO calls (key, node_id, stage, model, request, text,"
+            " finish_reason, prompt_tokens, completion_tokens, latency, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request.key,
+                node_id,
+                stage,
+                request.model,
+                request.packed(),
+                response.text,
+                response.finish_reason,
+                response.prompt_tokens,
+                response.completion_tokens,
+                response.latency,
+                time.time(),
+            ),
+        )
+
+    def usage_by_stage(self) -> dict[str, dict[str, int]]:
+        rows = self.db.execute(
+            "SELECT stage, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
+            " FROM calls GROUP BY stage, model"
+        )
+        usage: dict[str, dict[str, int]] = {}
+        for stage, _model, calls, tokens_in, tokens_out in rows:
+            entry = usage.setdefault(stage, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
+            entry["calls"] += calls
+            entry["tokens_in"] += tokens_in or 0
+            entry["tokens_out"] += tokens_out or 0
+        return usage
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    def add_nodes(self, nodes: Iterable[NewNode]) -> int:
+        """Insert nodes that are not there yet; returns how many were new."""
+        added = 0
+        now = time.time()
+        for node in nodes:
+            cursor = self._write(
+                "INSERT OR IGNORE INTO nodes (id, kind, parent_id, seq, status, data, result,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    node.id,
+                    node.kind,
+                    node.parent_id,
+                    node.seq,
+                    node.status,
+                    json.dumps(node.data, ensure_ascii=False),
+                    None if node.result is None else json.dumps(node.result, ensure_ascii=False),
+                    now,
+                ),
+            )
+            added += cursor.rowcount
+        return added
+
+    def finish(self, node: Node, result: Any, *, output: bool = False) -> int | None:
+        """Mark a node done with its result; ``output`` rows get the next place in the output."""
+        out_seq = None
+        if output:
+            out_seq = self._next_out_seq
+            self._next_out_seq += 1
+        self._write(
+            "UPDATE nodes SET status = 'done', result = ?, error = NULL, attempts = attempts + 1,"
+            " out_seq = ?, updated_at = ? WHERE id = ?",
+            (json.dumps(result, ensure_ascii=False), out_seq, time.time(), node.id),
+        )
+        return out_seq
+
+    def fail(self, node: Node, error: str) -> None:
+        self._write(
+            "UPDATE nodes SET status = 'failed', error = ?, attempts = attempts + 1, updated_at = ?"
+            " WHERE id = ?",
+            (error, time.time(), node.id),
+        )
+
+    def retry_failed(self) -> int:
+        """Failed items go back to the queue: each run tries them again."""
+        return self._write("UPDATE nodes SET status = 'pending' WHERE status = 'failed'").rowcount
+
+    def get(self, node_id: str) -> Node | None:
+        row = self.db.execute(_NODE_SELECT + " WHERE id = ?", (node_id,)).fetchone()
+        return _node(row) if row else None
+
+    def children(self, parent_id: str, kind: str | None = None) -> list[Node]:
+        sql = _NODE_SELECT + " WHERE parent_id = ?"
+        params: tuple[Any, ...] = (parent_id,)
+        if kind is not None:
+            sql += " AND kind = ?"
+            params += (kind,)
+        return [_node(row) for row in self.db.execute(sql + " ORDER BY seq", params)]
+
+    def pending(self, kind: str, after_rowid: int, limit: int) -> list[tuple[int, Node]]:
+        """The next pending nodes of a kind, in insertion order: the store is the queue."""
+        rows = self.db.execute(
+            "SELECT rowid, id, kind, parent_id, seq, data, status, result, error, attempts"
+            " FROM nodes WHERE kind = ? AND status = 'pending' AND rowid > ? ORDER BY rowid"
+            " LIMIT ?",
+            (kind, after_rowid, limit),
+        ).fetchall()
+        return [(row[0], _node(row[1:])) for row in rows]
+
+    def nodes(self, kind: str, status: str | None = None, page: int = 1000) -> Iterator[Node]:
+        """Every node of a kind, read a page at a time (safe to write to the store meanwhile)."""
+        sql = "SELECT rowid, " + _NODE_SELECT[len("SELECT ") :] + " WHERE kind = ? AND rowid > ?"
+        if status is not None:
+            sql += " AND status = ?"
+        sql += " ORDER BY rowid LIMIT ?"
+        after = 0
+        while True:
+            params = (kind, after, status, page) if status is not None else (kind, after, page)
+            rows = self.db.execute(sql, params).fetchall()
+            for row in rows:
+                yield _node(row[1:])
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{kind: {status: count}}."""
+        counts: dict[str, dict[str, int]] = {}
+        for kind, status, count in self.db.execute(
+            "SELECT kind, status, COUNT(*) FROM nodes GROUP BY kind, status"
+        ):
+            counts.setdefault(kind, {})[status] = count
+        return counts
+
+    def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:
+        """(kind, id, error) of failed nodes, most recent first."""
+        return self.db.execute(
+            "SELECT kind, id, error FROM nodes WHERE status = 'failed'"
+            " ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+
+    def outputs(self, after_seq: int = 0) -> Iterator[tuple[int, Any]]:
+        """Output rows (finished answers) in output order."""
+        for out_seq, result in self.db.execute(
+            "SELECT out_seq, result FROM nodes WHERE out_seq > ? ORDER BY out_seq", (after_seq,)
+        ):
+            yield out_seq, json.loads(result)
+
+    def out_seq_of(self, node_id: str) -> int | None:
+        row = self.db.execute("SELECT out_seq FROM nodes WHERE id = ?", (node_id,)).fetchone()
+        return row[0] if row else None
+
+
+_NODE_SELECT = "SELECT id, kind, parent_id, seq, data, status, result, error, attempts FROM nodes"
+
+
+def _node(row: tuple[Any, ...]) -> Node:
+    node_id, kind, parent_id, seq, data, status, result, error, attempts = row
+    return Node(
+        id=node_id,
+        kind=kind,
+        parent_id=parent_id,
+        seq=seq,
+        data=json.loads(data),
+        status=status,
+        result=None if result is None else json.loads(result),
+        error=error,
+        attempts=attempts,
+    )

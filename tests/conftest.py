@@ -1,0 +1,75 @@
+"""Shared fixtures: a fake OpenAI-compatible teacher on 127.0.0.1, small run configs, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from glan.testing.fake_teacher import FakeTeacher
+
+from glan.config import GenerateConfig
+
+API_KEY = "sk-test"
+
+
+@pytest.fixture
+def teacher() -> Iterator[FakeTeacher]:
+    with FakeTeacher(api_key=API_KEY) as fake:
+        yield fake
+
+
+@pytest.fixture
+def make_config(teacher: FakeTeacher) -> Callable[..., GenerateConfig]:
+    """A small run: 2 disciplines x 2 subjects x 3 questions = 12 pairs."""
+
+    def make(**overrides: Any) -> GenerateConfig:
+        values: dict[str, Any] = {
+            "base_url": teacher.base_url,
+            "api_key": API_KEY,
+            "model": "teacher-big",
+            "answer_model": "teacher-small",
+            "disciplines": ["Mathematics", "Chemistry"],
+            "subject_queries": 2,
+            "max_subjects_per_discipline": 2,
+            "questions_per_syllabus": 3,
+            "concurrency": 8,
+            "retry_backoff": 0.01,
+            "timeout": 5,
+        }
+        values.update(overrides)
+        return GenerateConfig(**values)
+
+    return make
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "instructions.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def cli_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "glan", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_cli
