@@ -82,9 +82,9 @@ def test_malformed_taxonomy(tmp_path, teacher, cli):
 
 def test_malformed_config(tmp_path, teacher, cli):
     bad = tmp_path / "config.yaml"
-    bad.write_text("questions_per_syllabus: many\nunknown_option: 1\n", encoding="utf-8")
+    bad.write_text("challenging_ratio: many\nunknown_option: 1\n", encoding="utf-8")
     result = cli(*generate_args(tmp_path / "run", teacher.base_url), "--config", str(bad))
-    assert_clean_error(result, "questions_per_syllabus", "unknown_option")
+    assert_clean_error(result, "challenging_ratio", "unknown_option")
 
 
 def test_unreachable_server_stops_at_once(tmp_path, cli):

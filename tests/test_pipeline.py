@@ -165,8 +165,8 @@ def test_faults_are_retried_and_the_counts_add_up(tmp_path, teacher, make_config
     assert all(n.error for n in failed)
     store.close()
     assert result.failed == len(failed)
-    # faults were really served, and yet (almost) everything got through
-    assert teacher.request_count > 64
+    # faults were really served (a clean run asks 8 + 8 + 12 + 12), and yet most got through
+    assert teacher.request_count > 40
     assert len(rows) >= 6
 
 
@@ -188,7 +188,7 @@ def test_truncated_answer_is_kept_and_marked(tmp_path, teacher, make_config):
 
 
 def test_a_row_that_keeps_failing_is_recorded_and_retried_next_run(tmp_path, teacher, make_config):
-    teacher.always_fail("Chemistry", fault="500")
+    teacher.always_fail("educator in Chemistry", fault="500")
     result = api.generate(make_config(max_retries=1), tmp_path, progress="none")
     rows = read_rows(tmp_path)
     assert {r["meta"]["discipline"] for r in rows} == {"Mathematics"}

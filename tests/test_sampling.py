@@ -50,6 +50,7 @@ def subject(result):
         id="s1",
         kind="subject",
         parent_id="d1",
+        root="d1",
         seq=0,
         data={"subject": "X", "subtopics": []},
         status="done",

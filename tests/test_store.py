@@ -13,7 +13,7 @@ from glan.store import MIGRATIONS, NewNode, Store, StoreError
 
 
 def answer(i: int) -> NewNode:
-    return NewNode(id=f"a{i}", kind="answer", parent_id="q", seq=i, data={})
+    return NewNode(id=f"a{i}", kind="answer", parent_id="q", root="d", seq=i, data={})
 
 
 def test_calls_are_cached_by_request(tmp_path):
@@ -36,6 +36,7 @@ def test_calls_are_cached_by_request(tmp_path):
 
 def test_nodes_are_inserted_once_and_failed_ones_come_back(tmp_path):
     store = Store.open(tmp_path)
+    store.set_roots(["d"])
     assert store.add_nodes([answer(1), answer(2)]) == 2
     assert store.add_nodes([answer(1)]) == 0
     node = store.get("a1")
@@ -43,6 +44,8 @@ def test_nodes_are_inserted_once_and_failed_ones_come_back(tmp_path):
     assert store.counts() == {"answer": {"failed": 1, "pending": 1}}
     assert store.retry_failed() == 1
     assert [n.id for _, n in store.pending("answer", 0, 10)] == ["a1", "a2"]
+    store.set_roots(["another discipline"])  # work of unselected disciplines waits
+    assert store.pending("answer", 0, 10) == []
     store.close()
 
 

@@ -43,6 +43,7 @@ class Pipeline:
                 id=discipline.id,
                 kind="discipline",
                 parent_id=None,
+                root=discipline.id,
                 seq=seq,
                 status="done",
                 data={
@@ -80,6 +81,7 @@ def _as_node(new: NewNode) -> Node:
         id=new.id,
         kind=new.kind,
         parent_id=new.parent_id,
+        root=new.root,
         seq=new.seq,
         data=new.data,
         status=new.status,

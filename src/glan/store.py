@@ -28,6 +28,7 @@ MIGRATIONS: list[str] = [
         id TEXT PRIMARY KEY,
         kind TEXT NOT NULL,
         parent_id TEXT,
+        root TEXT NOT NULL,
         seq INTEGER NOT NULL,
         status TEXT NOT NULL DEFAULT 'pending',
         data TEXT NOT NULL,
@@ -71,6 +72,7 @@ class Node:
     id: str
     kind: str
     parent_id: str | None
+    root: str  # the discipline this node belongs to
     seq: int
     data: dict[str, Any]
     status: str = "pending"
@@ -86,6 +88,7 @@ class NewNode:
     id: str
     kind: str
     parent_id: str | None
+    root: str
     seq: int
     data: dict[str, Any]
     status: str = "pending"
@@ -244,12 +247,13 @@ class Store:
         now = time.time()
         for node in nodes:
             cursor = self._write(
-                "INSERT OR IGNORE INTO nodes (id, kind, parent_id, seq, status, data, result,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO nodes (id, kind, parent_id, root, seq, status, data, result,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     node.id,
                     node.kind,
                     node.parent_id,
+                    node.root,
                     node.seq,
                     node.status,
                     json.dumps(node.data, ensure_ascii=False),
@@ -282,7 +286,10 @@ class Store:
 
     def retry_failed(self) -> int:
         """Failed items go back to the queue: each run tries them again."""
-        return self._write("UPDATE nodes SET status = 'pending' WHERE status = 'failed'").rowcount
+        return self._write(
+            "UPDATE nodes SET status = 'pending' WHERE status = 'failed'"
+            " AND root IN (SELECT id FROM active_roots)"
+        ).rowcount
 
     def get(self, node_id: str) -> Node | None:
         row = self.db.execute(_NODE_SELECT + " WHERE id = ?", (node_id,)).fetchone()
@@ -296,19 +303,24 @@ class Store:
             params += (kind,)
         return [_node(row) for row in self.db.execute(sql + " ORDER BY seq", params)]
 
+    def set_roots(self, roots: Iterable[str]) -> None:
+        """The disciplines this invocation works on; the others' pending items wait."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS active_roots (id TEXT PRIMARY KEY)")
+        self.db.execute("DELETE FROM active_roots")
+        self.db.executemany("INSERT OR IGNORE INTO active_roots VALUES (?)", ((r,) for r in roots))
+
     def pending(self, kind: str, after_rowid: int, limit: int) -> list[tuple[int, Node]]:
         """The next pending nodes of a kind, in insertion order: the store is the queue."""
         rows = self.db.execute(
-            "SELECT rowid, id, kind, parent_id, seq, data, status, result, error, attempts"
-            " FROM nodes WHERE kind = ? AND status = 'pending' AND rowid > ? ORDER BY rowid"
-            " LIMIT ?",
+            "SELECT rowid, " + _COLUMNS + " FROM nodes WHERE kind = ? AND status = 'pending'"
+            " AND rowid > ? AND root IN (SELECT id FROM active_roots) ORDER BY rowid LIMIT ?",
             (kind, after_rowid, limit),
         ).fetchall()
         return [(row[0], _node(row[1:])) for row in rows]
 
     def nodes(self, kind: str, status: str | None = None, page: int = 1000) -> Iterator[Node]:
         """Every node of a kind, read a page at a time (safe to write to the store meanwhile)."""
-        sql = "SELECT rowid, " + _NODE_SELECT[len("SELECT ") :] + " WHERE kind = ? AND rowid > ?"
+        sql = "SELECT rowid, " + _COLUMNS + " FROM nodes WHERE kind = ? AND rowid > ?"
         if status is not None:
             sql += " AND status = ?"
         sql += " ORDER BY rowid LIMIT ?"
@@ -351,15 +363,17 @@ class Store:
         return row[0] if row else None
 
 
-_NODE_SELECT = "SELECT id, kind, parent_id, seq, data, status, result, error, attempts FROM nodes"
+_COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempts"
+_NODE_SELECT = f"SELECT {_COLUMNS} FROM nodes"
 
 
 def _node(row: tuple[Any, ...]) -> Node:
-    node_id, kind, parent_id, seq, data, status, result, error, attempts = row
+    node_id, kind, parent_id, root, seq, data, status, result, error, attempts = row
     return Node(
         id=node_id,
         kind=kind,
         parent_id=parent_id,
+        root=root,
         seq=seq,
         data=json.loads(data),
         status=status,

@@ -64,6 +64,7 @@ class LocalEngine:
 
     def prepare(self, roots: list[NewNode]) -> None:
         """Plant the roots, re-queue failed items, re-grow finished nodes if the shape changed."""
+        self.store.set_roots(node.id for node in roots if node.kind == "discipline")
         self.store.retry_failed()
         self.store.add_nodes(roots)
         signature = self.pipeline.expansion_signature()

@@ -133,9 +133,10 @@ class OpenAIClient:
                 f"HTTP 404 from {self.url} ({message}); check --base-url (it usually ends in /v1)"
                 f" and that the model '{request.model}' exists there"
             )
-        if status == 400 and self._should_fall_back(request, message):
-            log.warning("the server refused response_format (%s); asking in the prompt", message)
-            self.structured = "prompt"
+        if status == 400 and self._should_fall_back(sent, message):
+            if self.structured == "auto":
+                log.warning("the server refused response_format (%s); asking in the prompt", message)
+                self.structured = "prompt"
             return "response_format refused", 0.0
         if status not in _RETRY_STATUSES:
             raise RequestFailed(f"HTTP {status}: {message}")
@@ -153,11 +154,13 @@ class OpenAIClient:
                 payload = raw.decode(errors="replace")[:300]
             return response.status, response.headers, payload
 
-    def _should_fall_back(self, request: ChatRequest, message: str) -> bool:
+    def _should_fall_back(self, sent: ChatRequest, message: str) -> bool:
+        """A 400 about response_format, for a request sent with it, while falling back is allowed
+        (requests already in flight when the first such 400 arrived are retried in the prompt)."""
         lowered = message.lower()
         return (
-            request.schema is not None
-            and self.structured == "auto"
+            sent.schema is not None
+            and self.structured != "response_format"
             and ("response_format" in lowered or "json_schema" in lowered)
         )
 

@@ -67,6 +67,9 @@ class ChatRequest:
             self, messages=self.messages + tuple(messages), tag=self.tag if tag is None else tag
         )
 
+    def with_schema(self, schema: dict[str, Any], name: str) -> ChatRequest:
+        return replace(self, schema=schema, schema_name=name)
+
 
 @dataclass
 class ChatResponse:

@@ -54,6 +54,7 @@ def sample_specs(config: GenerateConfig, subject: Node) -> list[NewNode]:
                 id=stable_id(subject.id, "question", i),
                 kind="question",
                 parent_id=subject.id,
+                root=subject.root,
                 seq=i,
                 data={
                     **lineage,
@@ -105,6 +106,7 @@ class QuestionStage:
                 id=stable_id(node.id, "answer"),
                 kind="answer",
                 parent_id=node.id,
+                root=node.root,
                 seq=0,
                 data={},
             )

@@ -48,6 +48,7 @@ class SubjectsStage:
                 id=stable_id(discipline.id, "subjects", q),
                 kind=self.kind,
                 parent_id=discipline.id,
+                root=discipline.root,
                 seq=q,
                 data={"query": q},
             )
@@ -93,6 +94,7 @@ class SubjectsStage:
                     id=stable_id(discipline.id, "subject", key),
                     kind="subject",
                     parent_id=discipline.id,
+                    root=discipline.root,
                     seq=len(subjects),
                     data={
                         **discipline.data,
