@@ -6,11 +6,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from glan.testing.fake_teacher import FakeTeacher
-
 from conftest import read_rows
 from glan import api
 from glan.store import Store
+from glan.testing.fake_teacher import FakeTeacher
 
 META_KEYS = {
     "field",

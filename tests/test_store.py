@@ -92,3 +92,15 @@ def test_output_that_is_not_ours_is_rewritten(tmp_path):
     output.close()
     assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a0", "a1", "a2"]
     store.close()
+
+
+def test_components_migrate_their_own_tables(tmp_path):
+    steps = ["CREATE TABLE extra (a INTEGER)", "ALTER TABLE extra ADD COLUMN b TEXT"]
+    store = Store.open(tmp_path)
+    store.migrate("extra", steps[:1])
+    store.migrate("extra", steps)
+    store.migrate("extra", steps)  # idempotent
+    store.db.execute("INSERT INTO extra (a, b) VALUES (1, 'x')")
+    with pytest.raises(StoreError, match="newer than this glan"):
+        store.migrate("extra", steps[:1])
+    store.close()

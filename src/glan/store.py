@@ -59,6 +59,7 @@ MIGRATIONS: list[str] = [
         started_at REAL NOT NULL,
         config TEXT NOT NULL
     );
+    CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
     """,
 ]
 
@@ -128,6 +129,34 @@ class Store:
             self.db.executescript(
                 f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
             )
+
+    def migrate(self, component: str, migrations: list[str]) -> None:
+        """Bring a component's own tables (curation, batches, ...) up to date.
+
+        Each component numbers its migrations independently, like the core's ``MIGRATIONS``.
+        """
+        self.commit()
+        row = self.db.execute(
+            "SELECT version FROM schema_versions WHERE component = ?", (component,)
+        ).fetchone()
+        version = row[0] if row else 0
+        if version > len(migrations):
+            raise StoreError(
+                f"{self.path} has {component} schema {version}, newer than this glan; upgrade glan"
+            )
+        for number in range(version, len(migrations)):
+            try:
+                self.db.execute("BEGIN")
+                for statement in _statements(migrations[number]):
+                    self.db.execute(statement)
+                self.db.execute(
+                    "INSERT OR REPLACE INTO schema_versions (component, version) VALUES (?, ?)",
+                    (component, number + 1),
+                )
+                self.db.execute("COMMIT")
+            except sqlite3.Error as error:
+                self.db.execute("ROLLBACK")
+                raise StoreError(f"migrating {component} in {self.path} failed: {error}") from None
 
     def close(self) -> None:
         self.commit()
@@ -381,3 +410,7 @@ def _node(row: tuple[Any, ...]) -> Node:
         error=error,
         attempts=attempts,
     )
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]

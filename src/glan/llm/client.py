@@ -135,7 +135,9 @@ class OpenAIClient:
             )
         if status == 400 and self._should_fall_back(sent, message):
             if self.structured == "auto":
-                log.warning("the server refused response_format (%s); asking in the prompt", message)
+                log.warning(
+                    "the server refused response_format (%s); asking in the prompt", message
+                )
                 self.structured = "prompt"
             return "response_format refused", 0.0
         if status not in _RETRY_STATUSES:
