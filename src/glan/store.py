@@ -52,6 +52,7 @@ MIGRATIONS: list[str] = [
         prompt_tokens INTEGER NOT NULL,
         completion_tokens INTEGER NOT NULL,
         latency REAL NOT NULL,
+        batch INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL
     );
     CREATE INDEX calls_stage ON calls (stage);
@@ -225,21 +226,24 @@ class Store:
 
     def cached_call(self, key: str) -> ChatResponse | None:
         row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model"
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model, batch"
             " FROM calls WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        return ChatResponse(*row, cached=True)
+        text, finish_reason, tokens_in, tokens_out, latency, model, batch = row
+        return ChatResponse(
+            text, finish_reason, tokens_in, tokens_out, latency, model, bool(batch), cached=True
+        )
 
     def save_call(
         self, request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
     ) -> None:
         self._write(
             "INSERT OR REPLACE INTO calls (key, node_id, stage, model, request, text,"
-            " finish_reason, prompt_tokens, completion_tokens, latency, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " finish_reason, prompt_tokens, completion_tokens, latency, batch, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 request.key,
                 node_id,
@@ -251,21 +255,28 @@ class Store:
                 response.prompt_tokens,
                 response.completion_tokens,
                 response.latency,
+                response.batch,
                 time.time(),
             ),
         )
 
+    def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
+        """(stage, model, batch, calls, tokens in, tokens out) of every paid-for reply."""
+        return [
+            (stage, model, bool(batch), calls, tokens_in or 0, tokens_out or 0)
+            for stage, model, batch, calls, tokens_in, tokens_out in self.db.execute(
+                "SELECT stage, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
+                " FROM calls GROUP BY stage, model, batch"
+            )
+        ]
+
     def usage_by_stage(self) -> dict[str, dict[str, int]]:
-        rows = self.db.execute(
-            "SELECT stage, model, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
-            " FROM calls GROUP BY stage, model"
-        )
         usage: dict[str, dict[str, int]] = {}
-        for stage, _model, calls, tokens_in, tokens_out in rows:
+        for stage, _model, _batch, calls, tokens_in, tokens_out in self.usage():
             entry = usage.setdefault(stage, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
             entry["calls"] += calls
-            entry["tokens_in"] += tokens_in or 0
-            entry["tokens_out"] += tokens_out or 0
+            entry["tokens_in"] += tokens_in
+            entry["tokens_out"] += tokens_out
         return usage
 
     # -- nodes --------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class ChatResponse:
     completion_tokens: int = 0
     latency: float = 0.0
     model: str = ""
+    batch: bool = False  # came through a provider batch API (billed at the batch price)
     cached: bool = field(default=False, compare=False)
 
     @property

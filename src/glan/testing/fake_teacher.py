@@ -412,7 +412,7 @@ def _limited(prose: str, body: dict[str, Any]) -> _Reply:
     return _Reply(prose)
 
 
-def _compose(body: dict[str, Any], seed: int, *, enforce_schema: bool = True) -> _Reply:
+def _compose(body: dict[str, Any], seed: int, *, enforce_schema: bool) -> _Reply:
     """The reply to ``body``; ``enforce_schema=False`` answers a json_schema request in prose."""
     rng = random.Random(seed)
     response_format = _dict(body.get("response_format"))
@@ -642,7 +642,10 @@ class FakeTeacher:
     # -- faults
 
     def script(self, faults: Sequence[Fault], match: str | None = None) -> None:
-        """The next requests (containing ``match``, if given) get these faults, one each."""
+        """The next requests (containing ``match``, if given) get these faults, one each.
+
+        Scripts queue up: a request takes its fault from the first unfinished script it matches.
+        """
         queue = deque(_checked(fault) for fault in faults)
         if queue:
             with self._lock:
