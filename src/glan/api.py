@@ -77,6 +77,7 @@ async def agenerate(
             retry=RetryPolicy(max_retries=config.max_retries, backoff_base=config.retry_backoff),
             structured=config.structured_output,
             max_connections=config.concurrency,
+            limits=config.limits(),
         )
         async with client:
             engine = LocalEngine(config, store, client, output, stats, _display(progress, stats))

@@ -122,6 +122,18 @@ def generate(
     concurrency: Annotated[
         int | None, typer.Option(help="Requests in flight across all stages. [default: 64]")
     ] = None,
+    rpm: Annotated[
+        float | None,
+        typer.Option(
+            help="Requests per minute per model. [default: learnt from the provider's x-ratelimit headers]"
+        ),
+    ] = None,
+    tpm: Annotated[
+        float | None,
+        typer.Option(
+            help="Tokens per minute per model. [default: learnt from the provider's x-ratelimit headers]"
+        ),
+    ] = None,
     progress: Annotated[str, typer.Option(help="auto, live, log or none.")] = "auto",
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log retries and fallbacks.")
@@ -150,6 +162,8 @@ def generate(
             language=language,
             single_turn=single_turn or None,
             concurrency=concurrency,
+            rpm=rpm,
+            tpm=tpm,
         )
         if progress not in ("auto", "live", "log", "none"):
             raise ConfigError(f"--progress must be auto, live, log or none, not {progress!r}")

@@ -36,6 +36,13 @@ class Stages(BaseModel):
     answer: StageSettings = StageSettings(temperature=0.7, top_p=0.95, max_tokens=2048)
 
 
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+
+
 class GenerateConfig(BaseModel):
     """Everything that decides what a run asks for. Same config and seed, same ids and prompts."""
 
@@ -62,6 +69,9 @@ class GenerateConfig(BaseModel):
     stages: Stages = Stages()
     # engine
     concurrency: int = Field(default=64, ge=1)
+    rpm: float | None = Field(default=None, gt=0)  # per model; None: learn from the provider
+    tpm: float | None = Field(default=None, gt=0)
+    rate_limits: dict[str, RateLimit] = {}  # per-model overrides of rpm/tpm
     timeout: float = Field(default=120.0, gt=0)
     max_retries: int = Field(default=6, ge=0)
     retry_backoff: float = Field(default=1.0, ge=0)  # seconds; doubles each retry, with jitter
@@ -72,6 +82,13 @@ class GenerateConfig(BaseModel):
         settings: StageSettings = getattr(self.stages, name)
         default = (self.answer_model or self.model) if name == "answer" else self.model
         return settings.model_copy(update={"model": settings.model or default})
+
+    def limits(self) -> dict[str, tuple[float | None, float | None]]:
+        """(RPM, TPM) per model, ``"*"`` for the rest, as the client takes them."""
+        limits = {model: (limit.rpm, limit.tpm) for model, limit in self.rate_limits.items()}
+        if self.rpm or self.tpm:
+            limits["*"] = (self.rpm, self.tpm)
+        return limits
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> GenerateConfig:

@@ -11,6 +11,7 @@ import email.utils
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +19,13 @@ import aiohttp
 import orjson
 
 from glan.llm.errors import FatalLLMError, RequestFailed
+from glan.llm.limits import (
+    AdaptiveConcurrency,
+    Clock,
+    RateLimiter,
+    Sleep,
+    estimate_tokens,
+)
 from glan.llm.structured import schema_in_prompt
 from glan.llm.types import ChatRequest, ChatResponse
 
@@ -58,7 +66,12 @@ class OpenAIClient:
         retry: RetryPolicy | None = None,
         structured: StructuredMode = "auto",
         max_connections: int = 256,
+        limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
+        """``limits`` maps a model (or ``"*"`` for every other model) to (RPM, TPM); models
+        without a limit learn one from the provider's ``x-ratelimit-*`` headers."""
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url = base_url
         self.retry = retry or RetryPolicy()
@@ -70,7 +83,12 @@ class OpenAIClient:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._reached = False  # a reply ever came back: later connection errors are transient
+        self._limits = dict(limits or {})
+        self._limiters: dict[str, RateLimiter] = {}
+        self._clock, self._sleep = clock, sleep
+        self.concurrency = AdaptiveConcurrency(max_connections)
         self.requests_sent = 0
+        self.rate_limited = 0  # 429s received
 
     async def __aenter__(self) -> OpenAIClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
@@ -87,7 +105,7 @@ class OpenAIClient:
         problem = "no attempt made"
         for attempt in range(self.retry.max_retries + 1):
             if attempt:
-                await asyncio.sleep(self.retry.delay(attempt - 1, retry_after))
+                await self._sleep(self.retry.delay(attempt - 1, retry_after))
             outcome = await self._attempt(request, attempt)
             if isinstance(outcome, ChatResponse):
                 return outcome
@@ -101,12 +119,16 @@ class OpenAIClient:
         sent = request
         if request.schema is not None and self.structured == "prompt":
             sent = schema_in_prompt(request)
+        body = sent.body(response_format=self.structured != "prompt")
+        limiter = self.limiter(request.model)
+        estimate = estimate_tokens(sum(len(m["content"]) for m in sent.messages), sent.max_tokens)
+        await limiter.acquire(estimate)
         started = time.perf_counter()
         try:
-            status, headers, payload = await self._post(
-                sent.body(response_format=self.structured != "prompt")
-            )
+            async with self.concurrency:
+                status, headers, payload = await self._post(body)
         except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as error:
+            limiter.settle(estimate, 0)
             if not self._reached and attempt >= 1:
                 raise FatalLLMError(
                     f"cannot reach the teacher at {self.base_url} ({error}); is the server"
@@ -117,11 +139,21 @@ class OpenAIClient:
             return f"{error.__class__.__name__} {error}".strip(), None
         self.requests_sent += 1
         self._reached = True
+        limiter.learn(headers)
         if status == 200:
             try:
-                return _response_of(payload, time.perf_counter() - started)
+                response = _response_of(payload, time.perf_counter() - started)
             except (ValueError, KeyError, IndexError, TypeError) as error:
                 return f"unreadable reply body ({error})", None
+            limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
+            self.concurrency.succeeded()
+            return response
+        limiter.settle(estimate, 0)
+        if status == 429:
+            # Everyone waits, not just this request: the provider counts them all.
+            self.rate_limited += 1
+            self.concurrency.back_off()
+            limiter.pause(_retry_after(headers) or self.retry.delay(attempt, None))
         message = _error_message(payload) or f"HTTP {status}"
         if status in (401, 403):
             raise FatalLLMError(
@@ -143,6 +175,14 @@ class OpenAIClient:
         if status not in _RETRY_STATUSES:
             raise RequestFailed(f"HTTP {status}: {message}")
         return f"HTTP {status}: {message}", _retry_after(headers)
+
+    def limiter(self, model: str) -> RateLimiter:
+        limiter = self._limiters.get(model)
+        if limiter is None:
+            rpm, tpm = self._limits.get(model) or self._limits.get("*") or (None, None)
+            limiter = RateLimiter(rpm, tpm, clock=self._clock, sleep=self._sleep)
+            self._limiters[model] = limiter
+        return limiter
 
     async def _post(self, body: dict[str, Any]) -> tuple[int, Any, Any]:
         assert self._session is not None, "use 'async with OpenAIClient(...)'"
