@@ -421,5 +421,5 @@ def test_runs_standalone() -> None:
     finally:
         process.send_signal(signal.SIGINT)
         _, errors = process.communicate(timeout=10)
-    assert process.returncode == 0
-    assert errors == ""
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors

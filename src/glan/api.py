@@ -11,9 +11,11 @@ from typing import Literal
 
 from glan.config import DEFAULT_BASE_URL, ConfigError, GenerateConfig
 from glan.engine.local import LocalEngine
+from glan.estimate import StageEstimate, estimate
 from glan.llm.client import OpenAIClient, RetryPolicy
 from glan.output import OUTPUT_NAME, JsonlOutput
 from glan.pipeline import Pipeline
+from glan.pricing import PriceTable, cost_by_stage
 from glan.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
 from glan.store import Store
 from glan.taxonomy import Taxonomy
@@ -29,6 +31,7 @@ class StageStatus:
     requests: int
     tokens_in: int
     tokens_out: int
+    cost: float
 
 
 @dataclass
@@ -45,6 +48,10 @@ class RunStatus:
     @property
     def failed(self) -> int:
         return sum(s.failed for s in self.stages.values())
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost for s in self.stages.values())
 
 
 def generate(
@@ -67,7 +74,7 @@ async def agenerate(
     store = Store.open(run_dir)
     try:
         store.log_invocation(config.model_dump(mode="json"))
-        stats = RunStats()
+        stats = RunStats(prices=PriceTable.load(config.prices))
         output = JsonlOutput(run_dir / OUTPUT_NAME)
         output.open(store)
         client = OpenAIClient(
@@ -86,24 +93,33 @@ async def agenerate(
                 await engine.run()
             finally:
                 output.close()
-        return status(run_dir, store)
+        return status(run_dir, store, stats.prices)
     finally:
         store.close()
 
 
-def status(run_dir: str | Path, store: Store | None = None) -> RunStatus:
-    """Per-stage counts, requests and tokens of a run directory."""
+def plan(config: GenerateConfig) -> list[StageEstimate]:
+    """What a run of ``config`` will ask for and cost, before it starts (``glan estimate``)."""
+    disciplines = Taxonomy.load(config.taxonomy).select(config.disciplines)
+    return estimate(config, disciplines, PriceTable.load(config.prices))
+
+
+def status(
+    run_dir: str | Path, store: Store | None = None, prices: PriceTable | None = None
+) -> RunStatus:
+    """Per-stage counts, requests, tokens and spend of a run directory."""
     run_dir = Path(run_dir)
     if store is None:
         if not (run_dir / "glan.db").exists():
             raise ConfigError(f"{run_dir} is not a glan run directory (no glan.db in it)")
         store = Store.open(run_dir)
         try:
-            return status(run_dir, store)
+            return status(run_dir, store, prices)
         finally:
             store.close()
     counts = store.counts()
     usage = store.usage_by_stage()
+    spent = cost_by_stage(store, prices)
     stages: dict[str, StageStatus] = {}
     for stage in Pipeline(GenerateConfig()).stages.values():
         statuses = counts.get(stage.kind, {})
@@ -115,6 +131,7 @@ def status(run_dir: str | Path, store: Store | None = None) -> RunStatus:
             requests=used.get("calls", 0),
             tokens_in=used.get("tokens_in", 0),
             tokens_out=used.get("tokens_out", 0),
+            cost=spent.get(stage.name, 0.0),
         )
     ordered = {name: stages[name] for name in LABELS}
     return RunStatus(run_dir, ordered, rows=ordered["answer"].done, errors=store.errors())

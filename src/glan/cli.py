@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +16,7 @@ from rich.table import Table
 from glan import api
 from glan.config import ConfigError, GenerateConfig
 from glan.llm.errors import FatalLLMError
+from glan.pricing import PriceTable
 from glan.store import StoreError
 from glan.taxonomy import TaxonomyError
 
@@ -144,30 +146,15 @@ def generate(
     Stop it at any moment (Ctrl-C, kill -9) and run the same command again: it continues where it
     stopped and never sends a request whose reply is already stored.
     """
-    _logging(verbose)
+    options = dict(locals())
+    _logging(options.pop("verbose"))
+    mode = options.pop("progress")
     try:
-        settings = GenerateConfig.load(
-            config,
-            model=model,
-            answer_model=answer_model,
-            base_url=base_url,
-            api_key=api_key,
-            taxonomy=taxonomy,
-            disciplines=_list(disciplines),
-            seed=seed,
-            subject_queries=subject_queries,
-            max_subjects_per_discipline=max_subjects_per_discipline,
-            questions_per_syllabus=questions_per_syllabus,
-            challenging_ratio=challenging_ratio,
-            language=language,
-            single_turn=single_turn or None,
-            concurrency=concurrency,
-            rpm=rpm,
-            tpm=tpm,
-        )
-        if progress not in ("auto", "live", "log", "none"):
-            raise ConfigError(f"--progress must be auto, live, log or none, not {progress!r}")
-        result = api.generate(settings, out, progress=progress)  # type: ignore[arg-type]
+        if mode not in ("auto", "live", "log", "none"):
+            raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
+        settings = _config(options)
+        _print_plan(api.plan(settings), brief=True)
+        result = api.generate(settings, out, progress=mode)
     except KeyboardInterrupt:
         err.print(
             f"stopped; everything received is stored. Run the same command to continue ({out})."
@@ -185,6 +172,83 @@ def generate(
         raise typer.Exit(3)
 
 
+def estimate(**options: Any) -> None:
+    """Say what a run will ask for and what it will cost, without sending a request.
+
+    Takes the options of [bold]glan generate[/bold]. Call counts follow from the options (exact
+    when --max-subjects-per-discipline caps the subjects); tokens are estimates; prices come from
+    the bundled table or --prices FILE. With --out, also what that run has already spent.
+    """
+    try:
+        settings = _config(options)
+        _print_plan(api.plan(settings), brief=False)
+        out = options.get("out")
+        if out is not None and (Path(out) / "glan.db").exists():
+            spent = api.status(out, prices=PriceTable.load(settings.prices))
+            print(f"already in {out}: {spent.rows:,} rows, ${spent.cost:,.2f} spent")
+    except USER_ERRORS as error:
+        _fail(str(error))
+
+
+# estimate takes generate's options, but needs no run directory and runs nothing.
+_RUN_ONLY = ("progress", "verbose")
+_generate_signature = inspect.signature(generate, eval_str=True)
+estimate.__signature__ = _generate_signature.replace(  # type: ignore[attr-defined]
+    parameters=[
+        p.replace(default=None) if p.name == "out" else p
+        for p in _generate_signature.parameters.values()
+        if p.name not in _RUN_ONLY
+    ]
+)
+app.command()(estimate)
+
+
+def _config(options: dict[str, Any]) -> GenerateConfig:
+    """The run's config: the --config file, then every flag the user gave."""
+    options = dict(options)
+    options.pop("out", None)
+    path = options.pop("config", None)
+    options["disciplines"] = _list(options.get("disciplines"))
+    # An unset switch must not override the config file: only True counts.
+    return GenerateConfig.load(path, **{k: (None if v is False else v) for k, v in options.items()})
+
+
+def _print_plan(plan: list[api.StageEstimate], *, brief: bool) -> None:
+    calls = sum(s.calls for s in plan)
+    online = _total(s.cost for s in plan)
+    batch = _total(s.batch_cost for s in plan)
+    if brief:
+        cost = f", about ${online:,.2f} at list prices" if online is not None else ""
+        err.print(f"plan: {calls:,} calls{cost} (glan estimate shows the details)", highlight=False)
+        return
+    table = Table(title="plan")
+    for column in ("stage", "model", "calls", "tokens in", "tokens out", "online $", "batch $"):
+        table.add_column(column, justify="left" if column in ("stage", "model") else "right")
+    for s in plan:
+        table.add_row(
+            s.stage,
+            s.model,
+            f"{s.calls:,}",
+            f"{s.tokens_in:,}",
+            f"{s.tokens_out:,}",
+            _usd(s.cost),
+            _usd(s.batch_cost),
+        )
+    table.add_row("total", "", f"{calls:,}", "", "", _usd(online), _usd(batch))
+    Console().print(table)
+    if online is None:
+        print("n/a: a model missing from the price table (add it with --prices FILE)")
+
+
+def _total(costs: Any) -> float | None:
+    values = list(costs)
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _usd(value: float | None) -> str:
+    return "n/a" if value is None else f"${value:,.2f}"
+
+
 @app.command()
 def status(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """Per-stage counts (done, pending, failed), requests sent and tokens of a run."""
@@ -197,18 +261,24 @@ def status(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> Non
 
 def _print_status(result: api.RunStatus) -> None:
     table = Table(title=f"glan run {result.run_dir}")
-    for column in ("stage", "done", "pending", "failed", "requests", "tokens in", "tokens out"):
+    for column in (
+        "stage",
+        "done",
+        "pending",
+        "failed",
+        "requests",
+        "tokens in",
+        "tokens out",
+        "$",
+    ):
         table.add_column(column, justify="left" if column == "stage" else "right")
     for name, s in result.stages.items():
-        table.add_row(
-            name,
-            *(
-                f"{v:,}"
-                for v in (s.done, s.pending, s.failed, s.requests, s.tokens_in, s.tokens_out)
-            ),
-        )
+        counts = (s.done, s.pending, s.failed, s.requests, s.tokens_in, s.tokens_out)
+        table.add_row(name, *(f"{v:,}" for v in counts), f"{s.cost:,.2f}")
     Console().print(table)
-    print(f"{result.rows:,} rows in {result.run_dir / 'instructions.jsonl'}")
+    print(
+        f"{result.rows:,} rows in {result.run_dir / 'instructions.jsonl'}, ${result.cost:,.2f} spent"
+    )
     for kind, node_id, error in result.errors[:5]:
         print(f"failed {kind} {node_id}: {error}")
 

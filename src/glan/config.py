@@ -67,6 +67,7 @@ class GenerateConfig(BaseModel):
     single_turn: bool = False
     seed: int = 0
     stages: Stages = Stages()
+    prices: Path | None = None  # price table YAML; None: the bundled one
     # engine
     concurrency: int = Field(default=64, ge=1)
     rpm: float | None = Field(default=None, gt=0)  # per model; None: learn from the provider

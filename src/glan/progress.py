@@ -19,6 +19,7 @@ from rich.progress import (
 )
 
 from glan.llm.types import ChatResponse
+from glan.pricing import PriceTable
 
 # Stage name -> label, in pipeline order.
 LABELS = {
@@ -37,21 +38,31 @@ class StageStats:
     requests: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    cost: float = 0.0
 
 
 @dataclass
 class RunStats:
+    prices: PriceTable = field(default_factory=PriceTable)
     stages: dict[str, StageStats] = field(
         default_factory=lambda: {name: StageStats() for name in LABELS}
     )
     started: float = field(default_factory=time.monotonic)
 
-    def record(self, stage: str, response: ChatResponse) -> None:
+    def record(self, stage: str, model: str, response: ChatResponse) -> None:
         """A paid-for reply arrived."""
         stats = self.stages[stage]
         stats.requests += 1
         stats.tokens_in += response.prompt_tokens
         stats.tokens_out += response.completion_tokens
+        cost = self.prices.cost(
+            model, response.prompt_tokens, response.completion_tokens, response.batch
+        )
+        stats.cost += cost or 0.0
+
+    @property
+    def cost(self) -> float:
+        return sum(s.cost for s in self.stages.values())
 
     @property
     def requests(self) -> int:
@@ -95,7 +106,7 @@ class LiveProgress:
 
     def refresh(self) -> None:
         now = time.monotonic()
-        for name, stats in self.stages():
+        for name, stats in self.stats.stages.items():
             then, done_then = self._last[name]
             rate = (stats.done - done_then) / max(now - then, 1e-9)
             if now - then >= 2:
@@ -106,11 +117,9 @@ class LiveProgress:
                 completed=stats.done,
                 rate=f"{rate:.1f}",
                 failed=f"{stats.failed} failed" if stats.failed else "",
-                tokens=f"{_short(stats.tokens_in)}→{_short(stats.tokens_out)} tok",
+                tokens=f"{_short(stats.tokens_in)}→{_short(stats.tokens_out)} tok"
+                + (f" ${stats.cost:,.2f}" if stats.cost else ""),
             )
-
-    def stages(self) -> list[tuple[str, StageStats]]:
-        return list(self.stats.stages.items())
 
     def stop(self) -> None:
         self.refresh()
@@ -143,7 +152,7 @@ class LogProgress:
         elapsed = time.monotonic() - self.stats.started
         print(
             f"[glan {elapsed:7.0f}s] {' | '.join(parts)} | {self.stats.requests} requests,"
-            f" {_short(tokens_in)} tokens in, {_short(tokens_out)} out",
+            f" {_short(tokens_in)} tokens in, {_short(tokens_out)} out, ${self.stats.cost:,.2f}",
             file=self.stream,
             flush=True,
         )

@@ -23,7 +23,7 @@ class Client(Protocol):
 
 
 class Usage(Protocol):
-    def record(self, stage: str, response: ChatResponse) -> None: ...
+    def record(self, stage: str, model: str, response: ChatResponse) -> None: ...
 
 
 class StoredTeacher:
@@ -58,7 +58,7 @@ class StoredTeacher:
             return cached
         response = await self.client.complete(request)
         self.store.save_call(request, response, node_id=self.node.id, stage=self.stage)
-        self.usage.record(self.stage, response)
+        self.usage.record(self.stage, request.model, response)
         await self.store.durable()
         return response
 

@@ -1,0 +1,71 @@
+"""What tokens cost: a user-editable price table (USD per million tokens), online and batch."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from glan.config import ConfigError
+from glan.store import Store
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class PriceTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    batch_discount: float = Field(default=0.5, gt=0, le=1)
+    models: dict[str, Price] = {}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> PriceTable:
+        """The bundled table, or the user's file."""
+        if path is None:
+            text = resources.files("glan").joinpath("data/prices.yaml").read_text("utf-8")
+            source = "the bundled price table"
+        else:
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as error:
+                raise ConfigError(f"cannot read price table {path}: {error.strerror}") from None
+            source = str(path)
+        try:
+            return cls.model_validate(yaml.safe_load(text) or {})
+        except (yaml.YAMLError, ValidationError) as error:
+            raise ConfigError(f"{source} is not a valid price table: {error}") from None
+
+    def price(self, model: str) -> Price | None:
+        """The price of ``model``, or of the longest listed name it starts with."""
+        if model in self.models:
+            return self.models[model]
+        prefixes = [name for name in self.models if model.startswith(name)]
+        return self.models[max(prefixes, key=len)] if prefixes else None
+
+    def cost(
+        self, model: str, tokens_in: int, tokens_out: int, batch: bool = False
+    ) -> float | None:
+        """USD, or None for a model the table does not know."""
+        price = self.price(model)
+        if price is None:
+            return None
+        usd = (tokens_in * price.input + tokens_out * price.output) / 1e6
+        return usd * self.batch_discount if batch else usd
+
+
+def cost_by_stage(store: Store, table: PriceTable | None = None) -> dict[str, float]:
+    """USD spent per stage so far; models missing from the table count as free."""
+    table = table or PriceTable.load()
+    spent: dict[str, float] = {}
+    for stage, model, batch, _calls, tokens_in, tokens_out in store.usage():
+        spent[stage] = spent.get(stage, 0.0) + (
+            table.cost(model, tokens_in, tokens_out, batch) or 0.0
+        )
+    return spent
