@@ -95,7 +95,10 @@ def test_output_that_is_not_ours_is_rewritten(tmp_path):
 
 
 def test_components_migrate_their_own_tables(tmp_path):
-    steps = ["CREATE TABLE extra (a INTEGER)", "ALTER TABLE extra ADD COLUMN b TEXT"]
+    steps = [
+        "-- a comment; with a semicolon\nCREATE TABLE extra (a INTEGER);",
+        "ALTER TABLE extra ADD COLUMN b TEXT DEFAULT 'x;y'",
+    ]
     store = Store.open(tmp_path)
     store.migrate("extra", steps[:1])
     store.migrate("extra", steps)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from glan.config import DEFAULT_BASE_URL, ConfigError, GenerateConfig
 from glan.engine.local import LocalEngine
-from glan.estimate import StageEstimate, estimate
+from glan.estimate import WIDE_STAGES, StageEstimate, estimate
+from glan.llm.batch import BatchClient
 from glan.llm.client import OpenAIClient, RetryPolicy
 from glan.output import OUTPUT_NAME, JsonlOutput
 from glan.pipeline import Pipeline
 from glan.pricing import PriceTable, cost_by_stage
 from glan.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
+from glan.prompts import prompts_for
 from glan.store import Store
 from glan.taxonomy import Taxonomy
 
@@ -40,6 +43,8 @@ class RunStatus:
     stages: dict[str, StageStatus]
     rows: int
     errors: list[tuple[str, str, str]]
+    # rows of disciplines no longer in the taxonomy (removed or renamed), by discipline path
+    removed: dict[str, int] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -69,11 +74,12 @@ async def agenerate(
 ) -> RunStatus:
     run_dir = Path(out)
     base_url, api_key = _endpoint(config)
-    taxonomy = Taxonomy.load(config.taxonomy)
+    taxonomy = _taxonomy(config)
     disciplines = taxonomy.select(config.disciplines)
     store = Store.open(run_dir)
     try:
         store.log_invocation(config.model_dump(mode="json"))
+        store.set_meta(TAXONOMY_META, [d.id for d in taxonomy.disciplines()])
         stats = RunStats(prices=PriceTable.load(config.prices))
         output = JsonlOutput(run_dir / OUTPUT_NAME)
         output.open(store)
@@ -86,8 +92,18 @@ async def agenerate(
             max_connections=config.concurrency,
             limits=config.limits(),
         )
-        async with client:
-            engine = LocalEngine(config, store, client, output, stats, _display(progress, stats))
+        # --batch: the wide stages go through the provider's batch API, the others stay online.
+        batch = BatchClient.for_config(config, base_url, api_key, store) if config.batch else None
+        async with client, batch or contextlib.nullcontext():
+            engine = LocalEngine(
+                config,
+                store,
+                client,
+                output,
+                stats,
+                _display(progress, stats),
+                batch_clients=dict.fromkeys(WIDE_STAGES, batch) if batch else None,
+            )
             engine.prepare(Pipeline(config).roots(disciplines))
             try:
                 await engine.run()
@@ -100,7 +116,7 @@ async def agenerate(
 
 def plan(config: GenerateConfig) -> list[StageEstimate]:
     """What a run of ``config`` will ask for and cost, before it starts (``glan estimate``)."""
-    disciplines = Taxonomy.load(config.taxonomy).select(config.disciplines)
+    disciplines = _taxonomy(config).select(config.disciplines)
     return estimate(config, disciplines, PriceTable.load(config.prices))
 
 
@@ -134,7 +150,41 @@ def status(
             cost=spent.get(stage.name, 0.0),
         )
     ordered = {name: stages[name] for name in LABELS}
-    return RunStatus(run_dir, ordered, rows=ordered["answer"].done, errors=store.errors())
+    return RunStatus(
+        run_dir,
+        ordered,
+        rows=ordered["answer"].done,
+        errors=store.errors(),
+        removed=_removed_rows(store),
+    )
+
+
+TAXONOMY_META = "taxonomy_disciplines"  # ids of the disciplines of the last run's taxonomy
+
+
+def _taxonomy(config: GenerateConfig) -> Taxonomy:
+    """The run's taxonomy; one with unreviewed nodes only when the config allows it."""
+    prompts_for(config.prompts_dir)  # a missing directory or a broken template fails here
+    taxonomy = Taxonomy.load(config.taxonomy)
+    if not config.allow_unreviewed:
+        taxonomy.require_reviewed(str(config.taxonomy))
+    return taxonomy
+
+
+def _removed_rows(store: Store) -> dict[str, int]:
+    """Rows of disciplines that are not in the taxonomy of the last run, by discipline path:
+    they stay in the store and in instructions.jsonl; nothing more is asked for them."""
+    current = store.get_meta(TAXONOMY_META)
+    if current is None:
+        return {}
+    keep = set(current)
+    removed = {}
+    for root, rows in store.rows_by_root().items():
+        if root not in keep:
+            node = store.get(root)
+            path = " > ".join(node.data.get("path", [])) if node is not None else root
+            removed[path or root] = rows
+    return removed
 
 
 def _endpoint(config: GenerateConfig) -> tuple[str, str | None]:

@@ -114,11 +114,38 @@ def generate(
     language: Annotated[
         str | None, typer.Option(help="Language of questions and answers, e.g. Korean or ko.")
     ] = None,
+    syllabus_language: Annotated[
+        str | None,
+        typer.Option(
+            help="Language of subjects and syllabi (what questions are drawn from). \\[default: English]"
+        ),
+    ] = None,
+    prompts_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help="Directory of your own prompt templates: a NAME.j2 there replaces the bundled one (glan prompts export DIR copies them out).",
+        ),
+    ] = None,
+    allow_unreviewed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unreviewed",
+            help="Generate from a taxonomy even if some nodes are unreviewed (see glan taxonomy review).",
+        ),
+    ] = False,
     single_turn: Annotated[
         bool,
         typer.Option(
             "--single-turn",
             help="Ask for JSON at once instead of the paper's free text + conversion turn (cheaper, often worse).",
+        ),
+    ] = False,
+    batch: Annotated[
+        bool,
+        typer.Option(
+            "--batch",
+            help="Send questions and answers through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
         ),
     ] = False,
     concurrency: Annotated[
@@ -153,7 +180,7 @@ def generate(
         if mode not in ("auto", "live", "log", "none"):
             raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
         settings = _config(options)
-        _print_plan(api.plan(settings), brief=True)
+        _print_plan(api.plan(settings), brief=True, batched=settings.batch)
         result = api.generate(settings, out, progress=mode)
     except KeyboardInterrupt:
         err.print(
@@ -213,12 +240,13 @@ def _config(options: dict[str, Any]) -> GenerateConfig:
     return GenerateConfig.load(path, **{k: (None if v is False else v) for k, v in options.items()})
 
 
-def _print_plan(plan: list[api.StageEstimate], *, brief: bool) -> None:
+def _print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = False) -> None:
     calls = sum(s.calls for s in plan)
     online = _total(s.cost for s in plan)
     batch = _total(s.batch_cost for s in plan)
     if brief:
-        cost = f", about ${online:,.2f} at list prices" if online is not None else ""
+        price, label = (batch, "batch prices") if batched else (online, "list prices")
+        cost = f", about ${price:,.2f} at {label}" if price is not None else ""
         err.print(f"plan: {calls:,} calls{cost} (glan estimate shows the details)", highlight=False)
         return
     table = Table(title="plan")
@@ -281,6 +309,16 @@ def _print_status(result: api.RunStatus) -> None:
     )
     for kind, node_id, error in result.errors[:5]:
         print(f"failed {kind} {node_id}: {error}")
+    if result.removed:
+        rows = sum(result.removed.values())
+        gone = len(result.removed)
+        print(
+            f"note: {rows:,} of these rows come from {gone} discipline{'s' * (gone != 1)} no longer"
+            " in the taxonomy (removed, dropped or renamed); nothing more is asked for them, and"
+            " their rows stay in instructions.jsonl:"
+        )
+        for path, count in sorted(result.removed.items()):
+            print(f"  {path}: {count:,} rows")
 
 
 def _fail(message: str) -> None:
@@ -294,6 +332,14 @@ def _logging(verbose: bool) -> None:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+from glan.cli_taxonomy import register  # noqa: E402 - the taxonomy and prompts command groups
+
+register(app)
+from glan.cli_data import register as register_data  # noqa: E402 - curate, export, report
+
+register_data(app)
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from glan.languages import language_name
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -60,6 +62,8 @@ class GenerateConfig(BaseModel):
     disciplines: list[str] | None = None
     language: str | None = None  # of questions and answers; None: the teacher's default
     syllabus_language: str | None = None  # of subjects and syllabi; None: English
+    allow_unreviewed: bool = False  # generate from a taxonomy with nodes nobody has reviewed
+    prompts_dir: Path | None = None  # NAME.j2 files here replace the bundled templates
     subject_queries: int = Field(default=10, ge=1)
     max_subjects_per_discipline: int | None = Field(default=None, ge=1)
     questions_per_syllabus: int = Field(default=10, ge=0)
@@ -77,6 +81,18 @@ class GenerateConfig(BaseModel):
     max_retries: int = Field(default=6, ge=0)
     retry_backoff: float = Field(default=1.0, ge=0)  # seconds; doubles each retry, with jitter
     repair_attempts: int = Field(default=2, ge=0)
+    # provider batch API (--batch): questions and answers at the batch price; see docs/batch.md
+    batch: bool = False
+    batch_max_requests: int = Field(default=50_000, ge=1)  # per batch (OpenAI's limit)
+    batch_max_bytes: int = Field(default=200_000_000, ge=1024)  # per input file (OpenAI: 200 MB)
+    batch_poll_interval: float = Field(default=30.0, gt=0)  # seconds between status checks
+    batch_flush_after: float = Field(default=10.0, ge=0)  # send a partial batch after this idle
+
+    @field_validator("language", "syllabus_language")
+    @classmethod
+    def _language_name(cls, value: str | None) -> str | None:
+        """A language as its English name: ko, kor and korean all give Korean."""
+        return language_name(value) if value and value.strip() else None
 
     def stage(self, name: str) -> StageSettings:
         """The settings of stage ``name`` with its model filled in."""

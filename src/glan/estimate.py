@@ -147,7 +147,7 @@ def _question_prompt(config: GenerateConfig, a: Assumptions) -> str:
         discipline="Example discipline",
         subject="An example subject of a typical length",
         level="undergraduate",
-        syllabus={"sessions": [session] * a.sessions_per_syllabus},
+        outline=render("syllabus_outline", sessions=[session] * a.sessions_per_syllabus),
         learned_up_to=a.sessions_per_syllabus // 2,
         question_type="challenging",
         sessions=[

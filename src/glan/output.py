@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from glan.store import Store
 
 OUTPUT_NAME = "instructions.jsonl"
@@ -58,7 +60,7 @@ class JsonlOutput:
 
     def write(self, row: Any) -> None:
         assert self._file is not None
-        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.write(orjson.dumps(row).decode() + "\n")
 
     def flush(self) -> None:
         if self._file is not None:

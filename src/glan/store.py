@@ -8,6 +8,7 @@ depends on a reply is done before the reply's commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -15,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from glan.llm.types import ChatRequest, ChatResponse
 
@@ -106,10 +109,13 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
+            # Ids are hashes, so inserts land on random index pages: keep many pages in memory.
+            self.db.execute("PRAGMA cache_size=-65536")
             self._migrate()
         except (sqlite3.Error, OSError) as error:
             raise StoreError(f"cannot open the run store {path}: {error}") from None
         self._in_tx = False
+        self._commit_scheduled = False
         self._waiters: list[asyncio.Future[None]] = []
         self._after_commit: list[Any] = []
         self._next_out_seq = (
@@ -176,27 +182,46 @@ class Store:
 
     def commit(self) -> None:
         """Make every write so far durable, then wake whoever waits on it."""
-        if self._in_tx:
-            try:
-                self.db.execute("COMMIT")
-            except sqlite3.OperationalError as error:
-                raise StoreError(f"committing {self.path} failed: {error}") from None
-            self._in_tx = False
+        self._commit_scheduled = False
+        waiters, self._waiters = self._waiters, []
+        try:
+            if self._in_tx:
+                try:
+                    self.db.execute("COMMIT")
+                except sqlite3.OperationalError as error:
+                    raise StoreError(f"committing {self.path} failed: {error}") from None
+                self._in_tx = False
+        except StoreError as error:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            raise
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
-        waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
     async def durable(self) -> None:
-        """Wait until the writes made so far are committed (by the engine's commit loop)."""
+        """Wait until the writes made so far are committed.
+
+        The commit runs on the event loop's next turn, so every reply that arrived in this turn
+        shares it (group commit) and none waits longer than one turn.
+        """
         if not self._in_tx:
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._waiters.append(waiter)
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            loop.call_soon(self._commit_soon)
         await waiter
+
+    def _commit_soon(self) -> None:
+        with contextlib.suppress(StoreError):  # the waiters carry it to whoever waits
+            self.commit()
 
     def after_commit(self, callback: Any) -> None:
         self._after_commit.append(callback)
@@ -296,8 +321,8 @@ class Store:
                     node.root,
                     node.seq,
                     node.status,
-                    json.dumps(node.data, ensure_ascii=False),
-                    None if node.result is None else json.dumps(node.result, ensure_ascii=False),
+                    _dumps(node.data),
+                    None if node.result is None else _dumps(node.result),
                     now,
                 ),
             )
@@ -313,7 +338,7 @@ class Store:
         self._write(
             "UPDATE nodes SET status = 'done', result = ?, error = NULL, attempts = attempts + 1,"
             " out_seq = ?, updated_at = ? WHERE id = ?",
-            (json.dumps(result, ensure_ascii=False), out_seq, time.time(), node.id),
+            (_dumps(result), out_seq, time.time(), node.id),
         )
         return out_seq
 
@@ -396,11 +421,19 @@ class Store:
         for out_seq, result in self.db.execute(
             "SELECT out_seq, result FROM nodes WHERE out_seq > ? ORDER BY out_seq", (after_seq,)
         ):
-            yield out_seq, json.loads(result)
+            yield out_seq, orjson.loads(result)
 
     def out_seq_of(self, node_id: str) -> int | None:
         row = self.db.execute("SELECT out_seq FROM nodes WHERE id = ?", (node_id,)).fetchone()
         return row[0] if row else None
+
+    def rows_by_root(self) -> dict[str, int]:
+        """Output rows per discipline (root id)."""
+        return dict(
+            self.db.execute(
+                "SELECT root, COUNT(*) FROM nodes WHERE out_seq IS NOT NULL GROUP BY root"
+            ).fetchall()
+        )
 
 
 _COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempts"
@@ -415,13 +448,33 @@ def _node(row: tuple[Any, ...]) -> Node:
         parent_id=parent_id,
         root=root,
         seq=seq,
-        data=json.loads(data),
+        data=orjson.loads(data),
         status=status,
-        result=None if result is None else json.loads(result),
+        result=None if result is None else orjson.loads(result),
         error=error,
         attempts=attempts,
     )
 
 
 def _statements(script: str) -> list[str]:
-    return [part.strip() for part in script.split(";") if part.strip()]
+    """Split a script into statements the way sqlite does (a ';' in a comment or string is no
+    end), so each runs inside the migration's own transaction."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip() and not _only_comments(current):
+        if not sqlite3.complete_statement(current + ";"):
+            raise StoreError(f"incomplete SQL statement in a migration: {current.strip()[:80]}")
+        statements.append(current.strip())
+    return [s for s in statements if not _only_comments(s)]
+
+
+def _only_comments(sql: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in sql.splitlines())
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()

@@ -231,8 +231,13 @@ class Taxonomy(BaseModel):
 
     def to_yaml(self) -> str:
         """The taxonomy as YAML; ``Taxonomy.from_yaml(t.to_yaml()) == t``. Comments are not kept."""
-        return yaml.safe_dump(
-            self.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
+        return yaml.dump(
+            self.to_dict(),
+            Dumper=_Dumper,
+            sort_keys=False,
+            allow_unicode=True,
+            default_flow_style=False,
+            width=100,
         )
 
     # ------------------------------------------------------------------------------- reading
@@ -271,6 +276,21 @@ class Taxonomy(BaseModel):
             for path, node, dropped in self.walk()
             if not dropped and node.state == "unreviewed"
         ]
+
+    def require_reviewed(self, source: str) -> None:
+        """Raise ``TaxonomyError`` naming the waiting nodes if any node is still unreviewed."""
+        waiting = self.unreviewed()
+        if not waiting:
+            return
+        shown = "; ".join(PATH_SEP.join(path) for path in waiting[:3])
+        more = f"; and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+        nodes = "1 node is" if len(waiting) == 1 else f"{len(waiting)} nodes are"
+        raise TaxonomyError(
+            f"{source}: {nodes} not reviewed yet ({shown}{more}); vote with 'glan taxonomy review"
+            f" {source} --reviewer NAME', apply the votes with 'glan taxonomy merge {source}',"
+            " or pass --allow-unreviewed to generate from the draft as it is",
+            source=source,
+        )
 
     def select(self, names: Iterable[str] | None) -> list[Discipline]:
         """The disciplines named by ``names``; ``None`` or no names means all of them.
@@ -504,10 +524,10 @@ def _node_dict(node: Node) -> dict[str, Any]:
     if node.description is not None:
         data["description"] = node.description
     if node.review is not None:
-        review: dict[str, Any] = {"state": node.review.state}
+        review: dict[str, Any] = _Flow(state=node.review.state)
         if node.review.votes:
-            review["votes"] = dict(node.review.votes)
-        data["review"] = review
+            review["votes"] = _Flow(node.review.votes)
+        data["review"] = review  # on one line, easy to edit: {state: kept, votes: {alice: keep}}
     if node.children is not None:
         data["children"] = [_node_dict(child) for child in node.children]
     return data
@@ -534,6 +554,22 @@ def _translate(exc: ValidationError, raw: Any) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------ YAML
+
+
+class _Flow(dict[str, Any]):
+    """A mapping written in flow style, on one line."""
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that writes ``_Flow`` mappings on one line."""
+
+
+_Dumper.add_representer(
+    _Flow,
+    lambda dumper, data: dumper.represent_mapping(
+        "tag:yaml.org,2002:map", data.items(), flow_style=True
+    ),
+)
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -9,22 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Protocol
 
 from glan.config import GenerateConfig
 from glan.engine.teacher import Client, StoredTeacher
+from glan.llm.batch import ORIGIN
 from glan.llm.errors import FatalLLMError, LLMError
 from glan.output import JsonlOutput
 from glan.pipeline import KINDS, Pipeline
 from glan.progress import RunStats
+from glan.prompts import prompts_for
 from glan.stages import Stage
 from glan.store import NewNode, Node, Store
 
 log = logging.getLogger(__name__)
 
-COMMIT_EVERY = 0.02  # seconds: group commit; a reply waits at most this long before it is used
+TICK = 0.1  # seconds between commits of bookkeeping nobody waits for, output flushes, redraws
 BATCH = 256  # pending items read from the store at a time, per kind
 UPSTREAM = ("subject", "subject_query")
 
@@ -44,10 +47,12 @@ class LocalEngine:
         output: JsonlOutput,
         stats: RunStats,
         display: Display,
+        batch_clients: Mapping[str, Client] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.client = client
+        self.batch_clients = dict(batch_clients or {})  # stage name -> its batch API client
         self.output = output
         self.stats = stats
         self.display = display
@@ -56,9 +61,18 @@ class LocalEngine:
         self._cursor: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._drained: dict[str, bool] = dict.fromkeys(KINDS, False)
         self._running: dict[asyncio.Task[None], str] = {}
+        self._slot_free = asyncio.Event()
+        self._error: BaseException | None = None
         self._parents: OrderedDict[str, Node] = OrderedDict()
         # Upstream stages keep a share of the slots, so syllabi keep coming while questions flow.
         self._reserved = max(1, config.concurrency // 8)
+        # Batched stages fill whole batches, so they get their own, much larger limit: two
+        # batches' worth, one filling while the other runs. The other stages keep `concurrency`.
+        self._batched = frozenset(
+            kind for kind, stage in self.pipeline.stages.items() if stage.name in self.batch_clients
+        )
+        self._batch_limit = 2 * config.batch_max_requests
+        self._in_flight: Counter[str] = Counter()  # running tasks by kind
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -94,9 +108,10 @@ class LocalEngine:
         try:
             await self._schedule()
         finally:
-            for task in self._running:
+            running = list(self._running)
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*self._running, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
             committer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
@@ -105,28 +120,46 @@ class LocalEngine:
             self.display.stop()
 
     async def _schedule(self) -> None:
+        # Tasks report their end through a callback: waiting on all running tasks at once would
+        # cost O(concurrency) per reply.
         while True:
-            while len(self._running) < self.config.concurrency:
+            while True:
                 picked = self._next()
                 if picked is None:
                     break
                 stage, node = picked
                 task = asyncio.create_task(self._work(stage, node))
                 self._running[task] = stage.kind
+                self._in_flight[stage.kind] += 1
+                task.add_done_callback(self._finished)
+            if self._error is not None:
+                raise self._error
             if not self._running:
                 return
-            finished, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-            for task in finished:
-                del self._running[task]
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            self._slot_free.clear()
+            await self._slot_free.wait()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        kind = self._running.pop(task, None)
+        if kind is not None:
+            self._in_flight[kind] -= 1
+        if not task.cancelled() and task.exception() is not None and self._error is None:
+            self._error = task.exception()
+        self._slot_free.set()
 
     def _next(self) -> tuple[Stage, Node] | None:
-        upstream_running = sum(1 for kind in self._running.values() if kind in UPSTREAM)
+        upstream_running = sum(self._in_flight[kind] for kind in UPSTREAM)
+        batched = sum(self._in_flight[kind] for kind in self._batched)
+        room = {  # by "is the stage batched"
+            False: len(self._running) - batched < self.config.concurrency,
+            True: batched < self._batch_limit,
+        }
         order = KINDS
         if upstream_running < self._reserved:
             order = UPSTREAM + tuple(k for k in KINDS if k not in UPSTREAM)
         for kind in order:
+            if not room[kind in self._batched]:
+                continue
             node = self._pop(kind)
             if node is not None:
                 return self.pipeline.stages[kind], node
@@ -145,7 +178,7 @@ class LocalEngine:
 
     async def _commit_loop(self) -> None:
         while True:
-            await asyncio.sleep(COMMIT_EVERY)
+            await asyncio.sleep(TICK)
             if self.store.dirty:
                 self.store.commit()
                 self.output.flush()
@@ -155,8 +188,15 @@ class LocalEngine:
 
     async def _work(self, stage: Stage, node: Node) -> None:
         stats = self.stats.stages[stage.name]
+        ORIGIN.set((stage.name, node.id))  # for the batch API's records
         teacher = StoredTeacher(
-            self.store, self.client, self.stats, node, stage.name, self.config.repair_attempts
+            self.store,
+            self.batch_clients.get(stage.name, self.client),
+            self.stats,
+            node,
+            stage.name,
+            self.config.repair_attempts,
+            prompts_for(self.config.prompts_dir),
         )
         try:
             result = await stage.run(node, self._parent(node), teacher)
@@ -175,8 +215,9 @@ class LocalEngine:
             self._merge_if_complete(node.parent_id)
         if stage.output:
             self.store.after_commit(lambda: self.output.write(result))
+        # No need to wait for this commit: children are read from the same connection, and
+        # after a crash the node is rebuilt for free from its committed calls.
         stats.done += 1
-        await self.store.durable()
 
     def _fail(self, node: Node, stats: Any, error: str) -> None:
         self.store.fail(node, error)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from glan.llm.errors import ParseError
 from glan.llm.structured import json_schema_of, parse_reply
 from glan.llm.types import ChatRequest, ChatResponse
-from glan.prompts import render
+from glan.prompts import Prompts, prompts_for
 from glan.stages.base import assistant, user
 from glan.store import Node, Store
 
@@ -43,12 +43,14 @@ class StoredTeacher:
         node: Node,
         stage: str,
         repair_attempts: int,
+        prompts: Prompts | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.usage = usage
         self.node = node
         self.stage = stage
+        self.prompts = prompts or prompts_for(None)
         self.tries_per_round = repair_attempts + 1
         self.tries = (node.attempts + 1) * self.tries_per_round
 
@@ -83,7 +85,8 @@ class StoredTeacher:
                 current = _retagged(first, attempt + 1)  # a fresh sample, not another repair
             else:
                 current = current.followed_by(
-                    assistant(response.text), user(render("repair", problem=str(problem)))
+                    assistant(response.text),
+                    user(self.prompts.render("repair", problem=str(problem))),
                 )
         raise ParseError(f"{problem} (after {self.tries} tries)")
 

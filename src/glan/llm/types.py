@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, TypedDict
 
-from glan.ids import canonical_json, stable_id
+from glan.ids import canonical_bytes, digest_id
 
 
 class Message(TypedDict):
@@ -52,14 +53,18 @@ class ChatRequest:
             }
         return body
 
-    @property
+    @cached_property
+    def _canonical(self) -> bytes:
+        return canonical_bytes({"body": self.body(), "tag": self.tag})
+
+    @cached_property
     def key(self) -> str:
         """Content address of what was asked: the same key is never paid for twice."""
-        return stable_id("call", self.body(), self.tag)
+        return digest_id(self._canonical)
 
     def packed(self) -> bytes:
         """The request as stored for audit: compressed JSON (syllabi repeat a lot)."""
-        return zlib.compress(canonical_json({"body": self.body(), "tag": self.tag}).encode(), 1)
+        return zlib.compress(self._canonical, 1)
 
     def followed_by(self, *messages: Message, tag: str | None = None) -> ChatRequest:
         """This conversation, continued."""

@@ -1,40 +1,145 @@
 """Prompt templates: plain Jinja2 files beside this module, so a user can read and change them.
 
-``PROMPT_VERSION`` is a hash of every template's text: it is recorded with each row and changes
-whenever a template does.
+A run may name a directory of its own templates (``--prompts DIR``, config ``prompts_dir``): a
+``NAME.j2`` there replaces the bundled template of that name, the others stay bundled. ``glan
+prompts export DIR`` copies the bundled ones out as a starting point.
+
+A prompt version is a hash of the text of the templates a run uses: it is recorded with each row
+and changes whenever one of them does. ``PROMPT_VERSION`` and ``render`` are those of the bundled
+templates; ``prompts_for(directory)`` gives the set a run with its own directory uses.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from glan.config import ConfigError
 
-@cache
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("glan", "prompts"),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=False,
-        autoescape=False,
-    )
+SUFFIX = ".j2"
 
 
-def render(name: str, **variables: Any) -> str:
-    """The template ``name`` (without ``.j2``) filled in."""
-    return _environment().get_template(f"{name}.j2").render(**variables).strip()
+class Prompts:
+    """The templates of one run: the bundled ones, each replaceable by a file in ``directory``."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        self.bundled = _bundled()
+        self.overrides: dict[str, Path] = {}
+        if directory is not None:
+            if not directory.is_dir():
+                what = "not found" if not directory.exists() else "is not a directory"
+                raise ConfigError(
+                    f"prompts directory {directory} {what}"
+                    " (glan prompts export DIR writes the bundled templates there)"
+                )
+            self.overrides = {
+                path.name.removesuffix(SUFFIX): path
+                for path in sorted(directory.glob(f"*{SUFFIX}"))
+                if path.is_file()
+            }
+        self.texts = {**self.bundled, **{n: _read(p) for n, p in self.overrides.items()}}
+        self.version = _digest(self.texts)  # the templates actually used, bundled or the user's
+        # Rendered from the very texts hashed above: a file edited later changes neither.
+        self.environment = jinja2.Environment(
+            loader=jinja2.DictLoader(
+                {n + SUFFIX: _decode(n, t, self) for n, t in self.texts.items()}
+            ),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=False,
+            autoescape=False,
+        )
+        for name in self.overrides:  # a broken template is a config error now, not 1000 failures
+            try:
+                self.environment.get_template(name + SUFFIX)
+            except jinja2.TemplateSyntaxError as error:
+                raise ConfigError(
+                    f"{self.overrides[name]}:{error.lineno}: template error: {error.message}"
+                ) from None
+
+    def render(self, name: str, **variables: Any) -> str:
+        """The template ``name`` (without ``.j2``) filled in."""
+        try:
+            template = self.environment.get_template(name + SUFFIX)
+        except jinja2.TemplateNotFound:
+            raise ConfigError(f"no prompt template named {name}{SUFFIX}") from None
+        return template.render(**variables).strip()
 
 
-def _version() -> str:
+def _bundled() -> dict[str, bytes]:
+    return {
+        entry.name.removesuffix(SUFFIX): entry.read_bytes()
+        for entry in resources.files("glan.prompts").iterdir()
+        if entry.name.endswith(SUFFIX)
+    }
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"cannot read prompt template {path}: {error}") from None
+
+
+def _decode(name: str, text: bytes, prompts: Prompts) -> str:
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as error:
+        where = prompts.overrides.get(name, name + SUFFIX)
+        raise ConfigError(f"{where}: not UTF-8 text ({error.reason})") from None
+
+
+def _digest(texts: dict[str, bytes]) -> str:
     digest = hashlib.sha256()
-    for entry in sorted(resources.files("glan.prompts").iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".j2"):
-            digest.update(entry.name.encode() + b"\0" + entry.read_bytes())
+    for file_name in sorted(name + SUFFIX for name in texts):
+        digest.update(file_name.encode() + b"\0" + texts[file_name.removesuffix(SUFFIX)])
     return "p-" + digest.hexdigest()[:10]
 
 
-PROMPT_VERSION = _version()
+@cache
+def _prompts(directory: Path | None) -> Prompts:
+    return Prompts(directory)
+
+
+@cache
+def prompts_for(directory: str | Path | None) -> Prompts:
+    """The templates a run with ``prompts_dir=directory`` uses (read once per process; cheap to
+    call per request)."""
+    return _prompts(None if directory is None else Path(directory).expanduser().resolve())
+
+
+def render(name: str, **variables: Any) -> str:
+    """A bundled template filled in."""
+    return prompts_for(None).render(name, **variables)
+
+
+def export(directory: Path, *, force: bool = False) -> list[Path]:
+    """Copy the bundled templates into ``directory``; existing files are kept unless ``force``."""
+    names = sorted(_bundled())
+    clashes = [directory / (n + SUFFIX) for n in names if (directory / (n + SUFFIX)).exists()]
+    if clashes and not force:
+        raise ConfigError(
+            f"{directory} already holds {', '.join(p.name for p in clashes)}; pass --force to"
+            " overwrite them"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name in names:
+            source = resources.files("glan.prompts") / (name + SUFFIX)
+            target = directory / (name + SUFFIX)
+            with source.open("rb") as reader, target.open("wb") as writer:
+                shutil.copyfileobj(reader, writer)
+            written.append(target)
+    except OSError as error:
+        raise ConfigError(f"cannot write the templates to {directory}: {error}") from None
+    return written
+
+
+PROMPT_VERSION = prompts_for(None).version

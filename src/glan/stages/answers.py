@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from glan.config import GenerateConfig
-from glan.prompts import PROMPT_VERSION, render
+from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, system, user
 from glan.store import NewNode, Node
 
@@ -29,25 +29,28 @@ class AnswerStage:
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
+        self.settings = config.stage(self.name)
 
     async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
         question = parent.result["question"]
+        prompts = prompts_for(self.config.prompts_dir)
         reply = await teacher.text(
             request_for(
                 self.config,
-                self.name,
+                self.settings,
                 node,
-                system(render("answer_system", language=self.config.language)),
+                system(prompts.render("answer_system", language=self.config.language)),
                 user(question),
             )
         )
         meta = {key: parent.data.get(key) for key in LINEAGE}
         meta.update(
             question_model=parent.result["model"],
-            answer_model=reply.model or self.config.stage(self.name).model,
-            prompt_version=PROMPT_VERSION,
+            answer_model=reply.model or self.settings.model,
+            prompt_version=prompts.version,
             seed=self.config.seed,
             language=self.config.language,
+            syllabus_language=self.config.syllabus_language,
             question_id=parent.id,
             truncated=reply.truncated or parent.result["finish_reason"] == "length",
         )

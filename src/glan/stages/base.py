@@ -51,10 +51,13 @@ def assistant(content: str) -> Message:
 
 
 def request_for(
-    config: GenerateConfig, stage: str, node: Node, *messages: Message, tag: str = ""
+    config: GenerateConfig,
+    settings: StageSettings,
+    node: Node,
+    *messages: Message,
+    tag: str = "",
 ) -> ChatRequest:
     """A request with the stage's model and sampling, and a seed derived from the node's id."""
-    settings: StageSettings = config.stage(stage)
     assert settings.model is not None
     return ChatRequest(
         model=settings.model,

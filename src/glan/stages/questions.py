@@ -7,11 +7,12 @@ Two strategies, both from the paper: "basic" picks one class session and 1-5 of 
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 from glan.config import GenerateConfig
 from glan.ids import stable_id, stable_int
-from glan.prompts import render
+from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, user
 from glan.store import NewNode, Node
 
@@ -75,15 +76,30 @@ class QuestionStage:
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
+        self.settings = config.stage(self.name)
+        self._outlines: OrderedDict[str, str] = OrderedDict()
+
+    def outline(self, subject: Node) -> str:
+        """The syllabus as the question prompt shows it; rendered once per subject, as every
+        question of the subject shows the same."""
+        outline = self._outlines.get(subject.id)
+        if outline is None:
+            outline = prompts_for(self.config.prompts_dir).render(
+                "syllabus_outline", sessions=subject.result["sessions"]
+            )
+            self._outlines[subject.id] = outline
+            if len(self._outlines) > 1024:
+                self._outlines.popitem(last=False)
+        return outline
 
     async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
         spec = node.data
-        prompt = render(
+        prompt = prompts_for(self.config.prompts_dir).render(
             "question",
             discipline=spec["discipline"],
             subject=spec["subject"],
             level=spec["level"],
-            syllabus=parent.result,
+            outline=self.outline(parent),
             learned_up_to=max(spec["session_numbers"]),
             question_type=spec["question_type"],
             sessions=[
@@ -93,10 +109,10 @@ class QuestionStage:
             key_concepts=spec["key_concepts"],
             language=self.config.language,
         )
-        reply = await teacher.text(request_for(self.config, self.name, node, user(prompt)))
+        reply = await teacher.text(request_for(self.config, self.settings, node, user(prompt)))
         return {
             "question": reply.text.strip(),
-            "model": reply.model or self.config.stage(self.name).model,
+            "model": reply.model or self.settings.model,
             "finish_reason": reply.finish_reason,
         }
 

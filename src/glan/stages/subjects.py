@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from glan.config import GenerateConfig
 from glan.ids import stable_id
-from glan.prompts import render
+from glan.prompts import prompts_for
 from glan.stages.base import Teacher, assistant, request_for, user
 from glan.store import NewNode, Node
 
@@ -41,6 +41,7 @@ class SubjectsStage:
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
+        self.settings = config.stage(self.name)
 
     def queries(self, discipline: Node) -> list[NewNode]:
         return [
@@ -59,10 +60,10 @@ class SubjectsStage:
         lineage = parent.data
         ask = request_for(
             self.config,
-            self.name,
+            self.settings,
             node,
             user(
-                render(
+                prompts_for(self.config.prompts_dir).render(
                     "subjects",
                     discipline=lineage["discipline"],
                     path=" > ".join(lineage["path"][:-1]),
@@ -74,7 +75,10 @@ class SubjectsStage:
         )
         if not self.config.single_turn:
             draft = await teacher.text(ask)
-            ask = ask.followed_by(assistant(draft.text), user(render("subjects_json")))
+            ask = ask.followed_by(
+                assistant(draft.text),
+                user(prompts_for(self.config.prompts_dir).render("subjects_json")),
+            )
         listing = await teacher.json(ask, SubjectList)
         return [subject.model_dump() for subject in listing.subjects]
 

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field, field_validator
 
 from glan.config import GenerateConfig
-from glan.prompts import render
+from glan.prompts import prompts_for
 from glan.stages.base import Teacher, assistant, request_for, user
 from glan.stages.questions import sample_specs
 from glan.store import NewNode, Node
@@ -47,14 +47,15 @@ class SyllabusStage:
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
+        self.settings = config.stage(self.name)
 
     async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
         ask = request_for(
             self.config,
-            self.name,
+            self.settings,
             node,
             user(
-                render(
+                prompts_for(self.config.prompts_dir).render(
                     "syllabus",
                     discipline=node.data["discipline"],
                     subject=node.data["subject"],
@@ -66,7 +67,10 @@ class SyllabusStage:
         )
         if not self.config.single_turn:
             draft = await teacher.text(ask)
-            ask = ask.followed_by(assistant(draft.text), user(render("syllabus_json")))
+            ask = ask.followed_by(
+                assistant(draft.text),
+                user(prompts_for(self.config.prompts_dir).render("syllabus_json")),
+            )
         syllabus = await teacher.json(ask, Syllabus)
         return syllabus.model_dump()
 

@@ -29,6 +29,8 @@ from typing import Any, Literal, NamedTuple, get_args
 import orjson
 from aiohttp import web
 
+from glan.testing.fake_batch import FakeBatchAPI
+
 Fault = Literal["429", "500", "503", "timeout", "disconnect", "malformed", "truncated"]
 ResponseFormatMode = Literal["honour", "ignore", "reject"]
 FAULTS: frozenset[str] = frozenset(get_args(Fault))
@@ -566,6 +568,8 @@ class FakeTeacher:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
+        # The provider batch API (files and batches endpoints) on the same port; see fake_batch.
+        self.batch = FakeBatchAPI(self.reply, lambda: self._settings().api_key)
 
     @property
     def response_format_mode(self) -> ResponseFormatMode:
@@ -626,6 +630,7 @@ class FakeTeacher:
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        self.batch.add_routes(app)
         # handler_cancellation: a client that gives up cancels its handler's sleep
         runner = web.AppRunner(
             app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_GRACE
@@ -702,12 +707,14 @@ class FakeTeacher:
         return sum(substring in _canonical(body).decode() for body in self.requests)
 
     def reset(self) -> None:
-        """Forget recorded requests, scripts, rates and always_fail rules; settings stay."""
+        """Forget recorded requests (batch API recordings too), scripts, rates and always_fail
+        rules; settings stay."""
         with self._lock:
             self._bodies.clear()
             self._scripts.clear()
             self._rates = None
             self._always.clear()
+        self.batch.reset()
 
     # -- handlers
 
@@ -721,6 +728,20 @@ class FakeTeacher:
                 self.timeout_sleep,
                 self.api_key,
             )
+
+    def reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """(status, JSON) that the chat endpoint answers to ``body`` when it draws no fault."""
+        settings = self._settings()
+        wants_schema = _dict(body.get("response_format")).get("type") == "json_schema"
+        if wants_schema and settings.mode == "reject":
+            error = {
+                "message": "'response_format' of type 'json_schema' is not supported",
+                "type": "invalid_request_error",
+            }
+            return 400, {"error": error}
+        digest = _digest(settings.seed, _canonical(body))
+        reply = _compose(body, digest, enforce_schema=settings.mode == "honour")
+        return 200, _completion(body, reply, digest)
 
     async def _models(self, request: web.Request) -> web.Response:
         if not _authorized(request, self._settings().api_key):
@@ -843,10 +864,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         record=False,  # a benchmark would otherwise keep every request in memory
     )
     teacher.set_fault_rates(_rates(args.fault, parser))
-    with teacher:
+    # Ctrl-C may come as soon as the URL is out, while print() still holds the main thread.
+    with teacher, contextlib.suppress(KeyboardInterrupt):
         print(teacher.base_url, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+        threading.Event().wait()
 
 
 if __name__ == "__main__":

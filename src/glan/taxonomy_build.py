@@ -1,0 +1,437 @@
+"""Drafting a taxonomy with the teacher, breadth first, as the paper did (section 2.1).
+
+Level by level, each in its own calls: one call lists the fields of human knowledge and
+capabilities; then one call per field lists its sub-fields; then one call per sub-field lists its
+disciplines (``depth`` sets how many levels; 3 is the paper's field > sub-field > discipline).
+After each level, names that repeat across branches are merged (names compared ignoring case,
+spacing and punctuation; the first one, in breadth-first order, stays) before the next level is
+asked, so a repeated branch costs nothing. Every drafted node starts ``unreviewed``.
+
+The lists are asked for as JSON at once (``response_format``), not free text then JSON as the
+paper's subjects and syllabi are: a list of short names with a sentence each has no long-form
+content for the JSON to spoil, and one call per node keeps the build cheap and easy to resume.
+
+A build keeps its calls and answers in a store next to the output (``FILE.glan-build/glan.db``)
+with the same design as a run directory: every reply is committed before it is used, so a build
+stopped at any moment and run again sends no request whose reply is already stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from glan.config import DEFAULT_BASE_URL, ConfigError
+from glan.engine.teacher import StoredTeacher
+from glan.ids import stable_id, stable_int
+from glan.languages import language_name
+from glan.llm.client import OpenAIClient, RetryPolicy
+from glan.llm.errors import FatalLLMError, LLMError
+from glan.llm.types import ChatRequest, ChatResponse
+from glan.pricing import PriceTable
+from glan.prompts import Prompts, prompts_for
+from glan.stages.base import user
+from glan.stages.subjects import normalise
+from glan.store import NewNode, Store
+from glan.store import Node as StoreNode
+from glan.taxonomy import Node, Review, Taxonomy
+from glan.taxonomy_edit import NodePath, write
+
+_MARKER = re.compile(r"^(?:\d{1,3}[.)]\s+|[-*•]\s+)")
+STAGE = "taxonomy"
+KIND = "taxonomy"
+LEVELS = ("fields", "sub-fields", "sub-sub-fields")
+
+
+class BuildConfig(BaseModel):
+    """What a build asks for, and how."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, exclude=True, repr=False)
+    structured_output: Literal["auto", "response_format", "prompt"] = "auto"
+    language: str | None = None  # of the node names and descriptions; None: English
+    depth: int = Field(default=3, ge=1, le=4)  # levels: 3 = field > sub-field > discipline
+    max_fields: int = Field(default=10, ge=1)
+    max_children: int = Field(default=8, ge=1)  # per node, below the fields
+    temperature: float | None = Field(default=0.7, ge=0, le=2)
+    top_p: float | None = Field(default=0.95, gt=0, le=1)
+    max_tokens: int | None = Field(default=2048, gt=0)
+    seed: int = 0
+    send_seed: bool = True
+    prompts_dir: Path | None = None
+    concurrency: int = Field(default=8, ge=1)
+    timeout: float = Field(default=120.0, gt=0)
+    max_retries: int = Field(default=6, ge=0)
+    retry_backoff: float = Field(default=1.0, ge=0)
+    repair_attempts: int = Field(default=2, ge=0)
+
+    @field_validator("language")
+    @classmethod
+    def _language_name(cls, value: str | None) -> str | None:
+        return language_name(value) if value and value.strip() else None
+
+    @classmethod
+    def make(cls, **values: Any) -> BuildConfig:
+        """From options that may be None (not given); a bad value is a ``ConfigError``."""
+        try:
+            return cls.model_validate({k: v for k, v in values.items() if v is not None})
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise ConfigError(f"invalid build option: {problems}") from None
+
+    def signature(self, prompts: Prompts) -> str:
+        """Changes when what is asked changes: the store's items are keyed by it."""
+        shaping = self.model_dump(
+            include={
+                "model",
+                "language",
+                "depth",
+                "max_fields",
+                "max_children",
+                "temperature",
+                "top_p",
+                "max_tokens",
+                "seed",
+                "send_seed",
+            }
+        )
+        return stable_id("taxonomy-build", shaping, prompts.version)
+
+
+class DraftNode(BaseModel):
+    name: str = Field(description="a few words, as in a course catalogue; no numbering")
+    description: str = Field(description="one sentence on what it covers")
+
+
+class DraftList(BaseModel):
+    nodes: list[DraftNode]
+
+    @field_validator("nodes")
+    @classmethod
+    def _named(cls, nodes: list[DraftNode]) -> list[DraftNode]:
+        if not any(clean(n.name) for n in nodes):
+            raise ValueError("the list needs at least one named node")
+        return nodes
+
+
+@dataclass
+class Draft:
+    path: NodePath
+    description: str | None
+    neighbours: list[str] = field(default_factory=list)  # its siblings' names, for the prompt
+    children: list[Draft] | None = None  # None: a leaf (or not asked yet)
+
+
+@dataclass
+class BuildResult:
+    taxonomy: Taxonomy | None  # None when some calls failed: run the same build again
+    levels: list[int] = field(default_factory=list)  # nodes kept per level
+    merged: list[tuple[NodePath, NodePath]] = field(default_factory=list)  # (dropped, kept)
+    pruned: list[NodePath] = field(default_factory=list)  # inner nodes left without children
+    failed: list[tuple[NodePath, str]] = field(default_factory=list)
+    sent: int = 0  # requests sent now
+    reused: int = 0  # nodes answered by an earlier (stopped) build
+    tokens: tuple[int, int] = (0, 0)
+    cost: float | None = 0.0  # USD at list prices; None for a model not in the price table
+
+
+class _Usage:
+    def __init__(self, prices: PriceTable) -> None:
+        self.prices = prices
+        self.requests = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost: float | None = 0.0
+
+    def record(self, stage: str, model: str, response: ChatResponse) -> None:
+        self.requests += 1
+        self.tokens_in += response.prompt_tokens
+        self.tokens_out += response.completion_tokens
+        cost = self.prices.cost(
+            model, response.prompt_tokens, response.completion_tokens, response.batch
+        )
+        self.cost = None if cost is None or self.cost is None else self.cost + cost
+
+
+def clean(name: str) -> str:
+    """A drafted name as a node name: one line, no '>' (the path separator), no list marker."""
+    return _MARKER.sub("", " ".join(name.replace(">", "/").split())).strip()
+
+
+def default_work_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".glan-build")
+
+
+def build(
+    config: BuildConfig,
+    out: Path,
+    *,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> BuildResult:
+    """Draft a taxonomy into ``out`` (written only when every call succeeded)."""
+    return asyncio.run(abuild(config, out, work_dir=work_dir, log=log))
+
+
+async def abuild(
+    config: BuildConfig,
+    out: Path,
+    *,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> BuildResult:
+    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    api_key = config.api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+        raise ConfigError(
+            "no API key: set OPENAI_API_KEY or pass --api-key (for a local server such as vLLM or"
+            " Ollama, pass --base-url http://HOST:PORT/v1)"
+        )
+    prompts = prompts_for(config.prompts_dir)
+    store = Store.open(work_dir or default_work_dir(out))
+    usage = _Usage(PriceTable.load())
+    client = OpenAIClient(
+        base_url,
+        api_key,
+        timeout=config.timeout,
+        retry=RetryPolicy(max_retries=config.max_retries, backoff_base=config.retry_backoff),
+        structured=config.structured_output,
+        max_connections=config.concurrency,
+    )
+    try:
+        store.log_invocation(config.model_dump(mode="json"))
+        store.commit()
+        async with client:
+            builder = _Builder(config, prompts, store, client, usage, log)
+            committer = asyncio.create_task(_commit_loop(store))
+            try:
+                result = await builder.run()
+            finally:
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+                store.commit()
+    finally:
+        store.close()
+    result.sent = usage.requests
+    result.tokens = (usage.tokens_in, usage.tokens_out)
+    result.cost = usage.cost
+    if result.taxonomy is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write(result.taxonomy, out)  # checked, then replaced atomically
+    return result
+
+
+async def _commit_loop(store: Store) -> None:
+    while True:
+        await asyncio.sleep(0.02)
+        if store.dirty:
+            store.commit()
+
+
+class _Builder:
+    def __init__(
+        self,
+        config: BuildConfig,
+        prompts: Prompts,
+        store: Store,
+        client: OpenAIClient,
+        usage: _Usage,
+        log: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.prompts = prompts
+        self.store = store
+        self.client = client
+        self.usage = usage
+        self.log = log
+        self.signature = config.signature(prompts)
+        self.slots = asyncio.Semaphore(config.concurrency)
+
+    async def run(self) -> BuildResult:
+        config = self.config
+        root = Draft(path=(), description=None)
+        result = BuildResult(taxonomy=None)
+        seen: dict[str, NodePath] = {}
+        parents = [root]
+        for level in range(config.depth):
+            label = _label(level, config.depth)
+            calls = f"{len(parents)} call{'s' * (len(parents) != 1)}"
+            self.log(f"level {level + 1}/{config.depth}: {label} ({calls})")
+            answers = await self._ask_level(parents, level, result)
+            if result.failed:
+                return result
+            cap = config.max_fields if level == 0 else config.max_children
+            parents = merge_level(parents, answers, cap, seen, result.merged)
+            result.levels.append(len(parents))
+        result.pruned = prune(root)
+        if not root.children:
+            result.failed.append(((), "nothing was left after merging repeated names"))
+            return result
+        result.taxonomy = Taxonomy(
+            name=None,
+            description=(
+                f"Drafted by {config.model} with glan taxonomy build"
+                + (f", in {config.language}" if config.language else "")
+                + ". Every node starts unreviewed: vote with 'glan taxonomy review', apply the"
+                " votes with 'glan taxonomy merge'."
+            ),
+            fields=[_node(child) for child in root.children or []],
+        )
+        return result
+
+    async def _ask_level(
+        self, parents: list[Draft], level: int, result: BuildResult
+    ) -> list[list[dict[str, Any]]]:
+        nodes = [self._item(parent, level, seq) for seq, parent in enumerate(parents)]
+        self.store.add_nodes(nodes)
+        self.store.commit()
+        stored = [self.store.get(node.id) for node in nodes]
+        todo = [(p, s) for p, s in zip(parents, stored, strict=True) if s and s.status != "done"]
+        result.reused += len(parents) - len(todo)
+        await asyncio.gather(*(self._ask(parent, node, level, result) for parent, node in todo))
+        self.store.commit()
+        answers = []
+        for node in nodes:
+            done = self.store.get(node.id)
+            answers.append(done.result if done is not None and done.status == "done" else [])
+        return answers
+
+    def _item(self, parent: Draft, level: int, seq: int) -> NewNode:
+        node_id = stable_id(self.signature, "taxonomy", *parent.path)
+        return NewNode(
+            id=node_id,
+            kind=KIND,
+            parent_id=None,
+            root=self.signature,
+            seq=seq,
+            data={"path": list(parent.path), "level": level, "description": parent.description},
+        )
+
+    async def _ask(self, parent: Draft, node: StoreNode, level: int, result: BuildResult) -> None:
+        request = self._request(parent, level)
+        async with self.slots:
+            teacher = StoredTeacher(
+                self.store,
+                self.client,
+                self.usage,
+                node,
+                STAGE,
+                self.config.repair_attempts,
+                self.prompts,
+            )
+            try:
+                listing = await teacher.json(request, DraftList)
+            except FatalLLMError:
+                raise
+            except LLMError as error:
+                self.store.fail(node, str(error))
+                result.failed.append((parent.path, str(error)))
+                return
+        self.store.finish(node, [item.model_dump() for item in listing.nodes])
+
+    def _request(self, parent: Draft, level: int) -> ChatRequest:
+        config = self.config
+        if level == 0:
+            text = self.prompts.render(
+                "taxonomy_fields",
+                count=config.max_fields,
+                leaves=config.depth == 1,
+                language=config.language,
+            )
+        else:
+            text = self.prompts.render(
+                "taxonomy_children",
+                path=list(parent.path),
+                description=parent.description,
+                others=parent.neighbours,
+                kind="disciplines" if level == config.depth - 1 else "sub-fields",
+                count=config.max_children,
+                language=config.language,
+            )
+        seed = stable_int(config.seed, "taxonomy", *parent.path, bits=31)
+        return ChatRequest(
+            model=config.model,
+            messages=(user(text),),
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_tokens,
+            seed=seed if config.send_seed else None,
+        )
+
+
+def merge_level(
+    parents: list[Draft],
+    answers: list[list[dict[str, Any]]],
+    cap: int,
+    seen: dict[str, NodePath],
+    merged: list[tuple[NodePath, NodePath]],
+) -> list[Draft]:
+    """Give each parent its drafted children (at most ``cap``), leaving out names already
+    ``seen`` anywhere in the tree (noted in ``merged`` as (left out, kept)); returns the
+    children of all parents, in breadth-first order."""
+    children: list[Draft] = []
+    for parent, listing in zip(parents, answers, strict=True):
+        kept: list[Draft] = []
+        for item in listing[:cap]:
+            name = clean(str(item.get("name") or ""))
+            if not name:
+                continue
+            path = (*parent.path, name)
+            key = normalise(name)
+            if key in seen:
+                merged.append((path, seen[key]))
+                continue
+            seen[key] = path
+            description = " ".join(str(item.get("description") or "").split()) or None
+            kept.append(Draft(path=path, description=description))
+        for child in kept:
+            child.neighbours = [c.path[-1] for c in kept if c is not child]
+        parent.children = kept
+        children.extend(kept)
+    return children
+
+
+def prune(root: Draft) -> list[NodePath]:
+    """Remove inner nodes left without children (every child merged away); returns them."""
+    pruned: list[NodePath] = []
+
+    def keep(draft: Draft) -> bool:
+        if draft.children is None:
+            return True
+        draft.children = [child for child in draft.children if keep(child)]
+        if not draft.children and draft.path:
+            pruned.append(draft.path)
+            return False
+        return True
+
+    keep(root)
+    return pruned
+
+
+def _label(level: int, depth: int) -> str:
+    if level == depth - 1:
+        return "disciplines" if level else "fields (each a discipline)"
+    return LEVELS[min(level, len(LEVELS) - 1)]
+
+
+def _node(draft: Draft) -> Node:
+    return Node(
+        name=draft.path[-1],
+        description=draft.description,
+        review=Review(state="unreviewed"),
+        children=None if draft.children is None else [_node(c) for c in draft.children],
+    )
