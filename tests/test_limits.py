@@ -9,7 +9,7 @@ import time
 import pytest
 
 from glan.llm.client import OpenAIClient, RetryPolicy
-from glan.llm.limits import RateLimiter, parse_duration
+from glan.llm.limits import AdaptiveConcurrency, RateLimiter, parse_duration
 from glan.llm.types import ChatRequest
 
 
@@ -135,3 +135,30 @@ def test_limits_are_learnt_from_headers_unless_configured():
 )
 def test_reset_durations(text, seconds):
     assert parse_duration(text) == (pytest.approx(seconds) if seconds is not None else None)
+
+
+async def test_the_concurrency_gate_hands_slots_on_and_survives_cancellation():
+    gate = AdaptiveConcurrency(2)
+    entered: list[int] = []
+    release = asyncio.Event()
+
+    async def hold(i: int) -> None:
+        async with gate:
+            entered.append(i)
+            await release.wait()
+
+    tasks = [asyncio.create_task(hold(i)) for i in range(4)]
+    await asyncio.sleep(0.01)
+    assert entered == [0, 1] and gate.in_flight == 2  # two wait their turn
+    tasks[2].cancel()  # a waiter gives up: its turn must not be lost
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert entered == [0, 1, 3]
+    assert gate.in_flight == 0
+
+    gate.back_off()
+    assert gate.limit == 1
+    for _ in range(10):
+        gate.succeeded()
+    assert gate.limit == 2  # grows back, never past the maximum

@@ -65,19 +65,21 @@ def generate(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Teacher model for subjects, syllabi and questions. [default: gpt-4o-mini]"
+            help="Teacher model for subjects, syllabi and questions. \\[default: gpt-4o-mini]"
         ),
     ] = None,
     answer_model: Annotated[
-        str | None, typer.Option(help="Model for the answers. [default: --model]")
+        str | None, typer.Option(help="Model for the answers. \\[default: --model]")
     ] = None,
     base_url: Annotated[
         str | None,
         typer.Option(
-            help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1. [default: $OPENAI_BASE_URL or OpenAI]"
+            help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1. \\[default: $OPENAI_BASE_URL or OpenAI]"
         ),
     ] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key. [default: $OPENAI_API_KEY]")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key. \\[default: $OPENAI_API_KEY]")
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -89,26 +91,26 @@ def generate(
     seed: Annotated[
         int | None,
         typer.Option(
-            help="Seed of every sample: same config and seed, same ids and prompts. [default: 0]"
+            help="Seed of every sample: same config and seed, same ids and prompts. \\[default: 0]"
         ),
     ] = None,
     subject_queries: Annotated[
         int | None,
         typer.Option(
-            help="Subject-list queries per discipline, merged and de-duplicated. [default: 10]"
+            help="Subject-list queries per discipline, merged and de-duplicated. \\[default: 10]"
         ),
     ] = None,
     max_subjects_per_discipline: Annotated[
         int | None,
-        typer.Option(help="Keep at most this many subjects per discipline. [default: all]"),
+        typer.Option(help="Keep at most this many subjects per discipline. \\[default: all]"),
     ] = None,
     questions_per_syllabus: Annotated[
-        int | None, typer.Option(help="Questions sampled from each syllabus. [default: 10]")
+        int | None, typer.Option(help="Questions sampled from each syllabus. \\[default: 10]")
     ] = None,
     challenging_ratio: Annotated[
         float | None,
         typer.Option(
-            help="Share of 'challenging' questions (two sessions) vs 'basic' (one). [default: 0.5]"
+            help="Share of 'challenging' questions (two sessions) vs 'basic' (one). \\[default: 0.5]"
         ),
     ] = None,
     language: Annotated[
@@ -149,18 +151,18 @@ def generate(
         ),
     ] = False,
     concurrency: Annotated[
-        int | None, typer.Option(help="Requests in flight across all stages. [default: 64]")
+        int | None, typer.Option(help="Requests in flight across all stages. \\[default: 64]")
     ] = None,
     rpm: Annotated[
         float | None,
         typer.Option(
-            help="Requests per minute per model. [default: learnt from the provider's x-ratelimit headers]"
+            help="Requests per minute per model. \\[default: learnt from the provider's x-ratelimit headers]"
         ),
     ] = None,
     tpm: Annotated[
         float | None,
         typer.Option(
-            help="Tokens per minute per model. [default: learnt from the provider's x-ratelimit headers]"
+            help="Tokens per minute per model. \\[default: learnt from the provider's x-ratelimit headers]"
         ),
     ] = None,
     progress: Annotated[str, typer.Option(help="auto, live, log or none.")] = "auto",

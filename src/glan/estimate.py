@@ -14,7 +14,7 @@ from typing import Any
 from glan.config import GenerateConfig
 from glan.llm.structured import json_schema_of
 from glan.pricing import PriceTable
-from glan.prompts import render
+from glan.prompts import Prompts, prompts_for
 from glan.stages.subjects import SubjectList
 from glan.stages.syllabus import Syllabus
 from glan.taxonomy import Discipline
@@ -61,6 +61,7 @@ def estimate(
 ) -> list[StageEstimate]:
     a = assumptions or Assumptions()
     out = a.tokens_out
+    prompts = prompts_for(config.prompts_dir)  # the templates the run will really use
     turns = 1 if config.single_turn else 2
     queries = len(disciplines) * config.subject_queries
     per_discipline = config.subject_queries * a.subjects_per_query
@@ -69,23 +70,25 @@ def estimate(
     subjects = len(disciplines) * per_discipline
     questions = subjects * config.questions_per_syllabus
 
-    subjects_prompt = sum(_tokens(_subjects_prompt(config, d)) for d in disciplines) // max(
-        1, len(disciplines)
+    subjects_prompt = sum(
+        _tokens(_subjects_prompt(prompts, config, d)) for d in disciplines
+    ) // max(1, len(disciplines))
+    syllabus_prompt = _tokens(_syllabus_prompt(prompts, config))
+    question_prompt = _tokens(_question_prompt(prompts, config, a))
+    answer_prompt = (
+        _tokens(prompts.render("answer_system", language=config.language)) + out["question"]
     )
-    syllabus_prompt = _tokens(_syllabus_prompt(config))
-    question_prompt = _tokens(_question_prompt(config, a))
-    answer_prompt = _tokens(render("answer_system", language=config.language)) + out["question"]
 
     rows = [
         (
             "subjects",
             queries,
-            _two_turns(subjects_prompt, out, "subjects", SubjectList, config.single_turn),
+            _two_turns(prompts, subjects_prompt, out, "subjects", SubjectList, config.single_turn),
         ),
         (
             "syllabus",
             subjects,
-            _two_turns(syllabus_prompt, out, "syllabus", Syllabus, config.single_turn),
+            _two_turns(prompts, syllabus_prompt, out, "syllabus", Syllabus, config.single_turn),
         ),
         ("question", questions, (question_prompt, out["question"])),
         ("answer", questions, (answer_prompt, out["answer"])),
@@ -104,19 +107,19 @@ def estimate(
 
 
 def _two_turns(
-    prompt: int, out: dict[str, int], stage: str, schema: Any, single_turn: bool
+    prompts: Prompts, prompt: int, out: dict[str, int], stage: str, schema: Any, single_turn: bool
 ) -> tuple[int, int]:
     """Tokens in and out for one item: a draft then a JSON turn, or JSON at once."""
     schema_tokens = _tokens(json.dumps(json_schema_of(schema)))
     if single_turn:
         return prompt + schema_tokens, out[f"{stage}_json"]
     draft = out[f"{stage}_draft"]
-    convert = _tokens(render(f"{stage}_json"))
+    convert = _tokens(prompts.render(f"{stage}_json"))
     return prompt + (prompt + draft + convert + schema_tokens), draft + out[f"{stage}_json"]
 
 
-def _subjects_prompt(config: GenerateConfig, discipline: Discipline) -> str:
-    return render(
+def _subjects_prompt(prompts: Prompts, config: GenerateConfig, discipline: Discipline) -> str:
+    return prompts.render(
         "subjects",
         discipline=discipline.name,
         path=" > ".join(discipline.path[:-1]),
@@ -125,8 +128,8 @@ def _subjects_prompt(config: GenerateConfig, discipline: Discipline) -> str:
     )
 
 
-def _syllabus_prompt(config: GenerateConfig) -> str:
-    return render(
+def _syllabus_prompt(prompts: Prompts, config: GenerateConfig) -> str:
+    return prompts.render(
         "syllabus",
         discipline="Example discipline",
         subject="An example subject of a typical length",
@@ -136,18 +139,18 @@ def _syllabus_prompt(config: GenerateConfig) -> str:
     )
 
 
-def _question_prompt(config: GenerateConfig, a: Assumptions) -> str:
+def _question_prompt(prompts: Prompts, config: GenerateConfig, a: Assumptions) -> str:
     concept = "a typical key concept"
     session = {
         "title": "A typical class session title",
         "key_concepts": [concept] * a.concepts_per_session,
     }
-    return render(
+    return prompts.render(
         "question",
         discipline="Example discipline",
         subject="An example subject of a typical length",
         level="undergraduate",
-        outline=render("syllabus_outline", sessions=[session] * a.sessions_per_syllabus),
+        outline=prompts.render("syllabus_outline", sessions=[session] * a.sessions_per_syllabus),
         learned_up_to=a.sessions_per_syllabus // 2,
         question_type="challenging",
         sessions=[

@@ -226,13 +226,14 @@ class Figures:
             font={"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12},
             paper_bgcolor="rgba(0,0,0,0)",
             plot_bgcolor="rgba(0,0,0,0)",
-            legend={"orientation": "h", "y": 1.08, "x": 0},
+            legend={"orientation": "h", "y": 1.08, "x": 0, "traceorder": "normal"},
         )
         fragment: str = figure.to_html(
             full_html=False,
             include_plotlyjs=False,
             div_id=f"figure-{self._count}",
-            config={"displaylogo": False, "responsive": True},
+            # hover, click-to-zoom and legend toggles stay; the toolbar would cover legends
+            config={"displayModeBar": False, "responsive": True},
         )
         return fragment
 
@@ -292,7 +293,8 @@ class Figures:
                 for kind in TYPES
             ]
         )
-        figure.update_layout(barmode="stack", xaxis_title="pairs")
+        most = max((d.total for d in ordered), default=0)
+        figure.update_layout(barmode="stack", xaxis_title="pairs", xaxis=_counts_axis(most))
         return self.html(figure, height=max(260, 80 + 20 * len(names)))
 
     def mix(self, data: ReportData) -> str:
@@ -327,11 +329,16 @@ class Figures:
                 marker_color=_COLORS[kind],
                 hovertemplate="~%{x:.0f} chars: %{y:,}<extra>" + kind + "</extra>",
             )
+        tallest = max(
+            (sum(c) for c in zip(*(_histogram(v, top) for v in lengths.values()), strict=True)),
+            default=0,
+        )
         figure.update_layout(
             barmode="stack",
             bargap=0,
             xaxis_title=f"{title} (characters; the last bin holds the longest 1%)",
             yaxis_title="pairs",
+            yaxis=_counts_axis(tallest),
         )
         return self.html(figure, height=320)
 
@@ -352,7 +359,8 @@ class Figures:
             )
         )
         figure.update_layout(
-            xaxis_title="% of the syllabi's key concepts asked about", xaxis_range=[0, 100]
+            xaxis_title="key concepts asked about",
+            xaxis={"range": [0, 102], "ticksuffix": "%", "dtick": 20},
         )
         return self.html(figure, height=max(220, 80 + 20 * len(rows)))
 
@@ -367,7 +375,9 @@ class Figures:
                 hovertemplate="%{y}: %{x:,} pairs<extra></extra>",
             )
         )
-        figure.update_layout(xaxis_title="pairs removed")
+        figure.update_layout(
+            xaxis_title="pairs removed", xaxis=_counts_axis(max(counts.values(), default=0))
+        )
         return self.html(figure, height=max(200, 70 + 34 * len(ordered)))
 
     def tokens(self, usage: dict[str, dict[str, int]]) -> str:
@@ -461,6 +471,11 @@ def render(data: ReportData, figures: Figures) -> str:
         figure_tokens=_markup(figures.tokens(data.usage)) if data.usage else None,
         matched=_matched_text,
     )
+
+
+def _counts_axis(most: int) -> dict[str, Any]:
+    """Whole numbers on an axis of counts (plotly would tick 0.2, 0.4 ... for small ones)."""
+    return {"dtick": 1, "tick0": 0} if most <= 8 else {"tickformat": ",d"}
 
 
 def _markup(fragment: str) -> Any:

@@ -356,6 +356,9 @@ class Store:
             " AND root IN (SELECT id FROM active_roots)"
         ).rowcount
 
+    def last_rowid(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM nodes").fetchone()[0]
+
     def get(self, node_id: str) -> Node | None:
         row = self.db.execute(_NODE_SELECT + " WHERE id = ?", (node_id,)).fetchone()
         return _node(row) if row else None

@@ -57,13 +57,14 @@ class LocalEngine:
         self.stats = stats
         self.display = display
         self.pipeline = Pipeline(config)
-        self._queues: dict[str, deque[Node]] = {kind: deque() for kind in KINDS}
+        self._queues: dict[str, deque[tuple[int, Node]]] = {kind: deque() for kind in KINDS}
         self._cursor: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._drained: dict[str, bool] = dict.fromkeys(KINDS, False)
         self._running: dict[asyncio.Task[None], str] = {}
         self._slot_free = asyncio.Event()
         self._error: BaseException | None = None
         self._parents: OrderedDict[str, Node] = OrderedDict()
+        self._fresh_after = float("inf")  # items with a higher rowid were created by this run
         # Upstream stages keep a share of the slots, so syllabi keep coming while questions flow.
         self._reserved = max(1, config.concurrency // 8)
         # Batched stages fill whole batches, so they get their own, much larger limit: two
@@ -86,6 +87,7 @@ class LocalEngine:
             self._reexpand()
             self.store.set_meta("expansion", signature)
         self.store.commit()
+        self._fresh_after = self.store.last_rowid()
         for kind, statuses in self.store.counts().items():
             name = self._stage_name(kind)
             if name is not None:
@@ -127,8 +129,8 @@ class LocalEngine:
                 picked = self._next()
                 if picked is None:
                     break
-                stage, node = picked
-                task = asyncio.create_task(self._work(stage, node))
+                stage, node, fresh = picked
+                task = asyncio.create_task(self._work(stage, node, fresh))
                 self._running[task] = stage.kind
                 self._in_flight[stage.kind] += 1
                 task.add_done_callback(self._finished)
@@ -147,7 +149,7 @@ class LocalEngine:
             self._error = task.exception()
         self._slot_free.set()
 
-    def _next(self) -> tuple[Stage, Node] | None:
+    def _next(self) -> tuple[Stage, Node, bool] | None:
         upstream_running = sum(self._in_flight[kind] for kind in UPSTREAM)
         batched = sum(self._in_flight[kind] for kind in self._batched)
         room = {  # by "is the stage batched"
@@ -160,18 +162,19 @@ class LocalEngine:
         for kind in order:
             if not room[kind in self._batched]:
                 continue
-            node = self._pop(kind)
-            if node is not None:
-                return self.pipeline.stages[kind], node
+            item = self._pop(kind)
+            if item is not None:
+                rowid, node = item
+                return self.pipeline.stages[kind], node, rowid > self._fresh_after
         return None
 
-    def _pop(self, kind: str) -> Node | None:
+    def _pop(self, kind: str) -> tuple[int, Node] | None:
         queue = self._queues[kind]
         if not queue and not self._drained[kind]:
             batch = self.store.pending(kind, self._cursor[kind], BATCH)
             if batch:
                 self._cursor[kind] = batch[-1][0]
-                queue.extend(node for _, node in batch)
+                queue.extend(batch)
             if len(batch) < BATCH:
                 self._drained[kind] = True
         return queue.popleft() if queue else None
@@ -186,7 +189,9 @@ class LocalEngine:
 
     # -- one item -----------------------------------------------------------------------------
 
-    async def _work(self, stage: Stage, node: Node) -> None:
+    async def _work(self, stage: Stage, node: Node, fresh: bool) -> None:
+        """Run one item; ``fresh`` items were created by this run, so none of their replies can
+        be stored yet and the lookups are skipped."""
         stats = self.stats.stages[stage.name]
         ORIGIN.set((stage.name, node.id))  # for the batch API's records
         teacher = StoredTeacher(
@@ -197,6 +202,7 @@ class LocalEngine:
             stage.name,
             self.config.repair_attempts,
             prompts_for(self.config.prompts_dir),
+            fresh=fresh,
         )
         try:
             result = await stage.run(node, self._parent(node), teacher)

@@ -44,6 +44,8 @@ class StoredTeacher:
         stage: str,
         repair_attempts: int,
         prompts: Prompts | None = None,
+        *,
+        fresh: bool = False,
     ) -> None:
         self.store = store
         self.client = client
@@ -53,11 +55,13 @@ class StoredTeacher:
         self.prompts = prompts or prompts_for(None)
         self.tries_per_round = repair_attempts + 1
         self.tries = (node.attempts + 1) * self.tries_per_round
+        self.fresh = fresh  # created by this run: nothing of it can be stored yet
 
     async def ask(self, request: ChatRequest) -> ChatResponse:
-        cached = self.store.cached_call(request.key)
-        if cached is not None:
-            return cached
+        if not self.fresh:
+            cached = self.store.cached_call(request.key)
+            if cached is not None:
+                return cached
         response = await self.client.complete(request)
         self.store.save_call(request, response, node_id=self.node.id, stage=self.stage)
         self.usage.record(self.stage, request.model, response)
