@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from glan.config import DEFAULT_BASE_URL, ConfigError, GenerateConfig
+from glan.config import ConfigError, GenerateConfig, resolve_endpoint
 from glan.engine.local import LocalEngine
 from glan.estimate import WIDE_STAGES, StageEstimate, estimate
 from glan.llm.batch import BatchClient
-from glan.llm.client import OpenAIClient, RetryPolicy
+from glan.llm.client import OpenAIClient
 from glan.output import OUTPUT_NAME, JsonlOutput
 from glan.pipeline import Pipeline
 from glan.pricing import PriceTable, cost_by_stage
@@ -73,7 +72,7 @@ async def agenerate(
     config: GenerateConfig, out: str | Path, *, progress: ProgressMode = "none"
 ) -> RunStatus:
     run_dir = Path(out)
-    base_url, api_key = _endpoint(config)
+    base_url, api_key = resolve_endpoint(config.base_url, config.api_key)
     taxonomy = _taxonomy(config)
     disciplines = taxonomy.select(config.disciplines)
     store = Store.open(run_dir)
@@ -83,15 +82,7 @@ async def agenerate(
         stats = RunStats(prices=PriceTable.load(config.prices))
         output = JsonlOutput(run_dir / OUTPUT_NAME)
         output.open(store)
-        client = OpenAIClient(
-            base_url,
-            api_key,
-            timeout=config.timeout,
-            retry=RetryPolicy(max_retries=config.max_retries, backoff_base=config.retry_backoff),
-            structured=config.structured_output,
-            max_connections=config.concurrency,
-            limits=config.limits(),
-        )
+        client = OpenAIClient.for_settings(config, base_url, api_key, config.limits())
         # --batch: the wide stages go through the provider's batch API, the others stay online.
         batch = BatchClient.for_config(config, base_url, api_key, store) if config.batch else None
         async with client, batch or contextlib.nullcontext():
@@ -185,17 +176,6 @@ def _removed_rows(store: Store) -> dict[str, int]:
             path = " > ".join(node.data.get("path", [])) if node is not None else root
             removed[path or root] = rows
     return removed
-
-
-def _endpoint(config: GenerateConfig) -> tuple[str, str | None]:
-    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    api_key = config.api_key or os.environ.get("OPENAI_API_KEY")
-    if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
-        raise ConfigError(
-            "no API key: set OPENAI_API_KEY or pass --api-key (for a local server such as vLLM or"
-            " Ollama, pass --base-url http://HOST:PORT/v1)"
-        )
-    return base_url, api_key
 
 
 def _display(mode: ProgressMode, stats: RunStats) -> LiveProgress | LogProgress | NoProgress:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,18 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 class ConfigError(ValueError):
     """A config file or option that cannot be used; the message says which and why."""
+
+
+def resolve_endpoint(base_url: str | None, api_key: str | None) -> tuple[str, str | None]:
+    """The teacher's URL and key: the options, else ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``."""
+    base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
+        raise ConfigError(
+            "no API key: set OPENAI_API_KEY or pass --api-key (for a local server such as vLLM or"
+            " Ollama, pass --base-url http://HOST:PORT/v1)"
+        )
+    return base_url, api_key
 
 
 class StageSettings(BaseModel):

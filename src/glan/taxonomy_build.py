@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from glan.config import DEFAULT_BASE_URL, ConfigError
+from glan.config import ConfigError, resolve_endpoint
 from glan.engine.teacher import StoredTeacher
 from glan.ids import stable_id, stable_int
 from glan.languages import language_name
-from glan.llm.client import OpenAIClient, RetryPolicy
+from glan.llm.client import OpenAIClient
 from glan.llm.errors import FatalLLMError, LLMError
 from glan.llm.types import ChatRequest, ChatResponse
 from glan.pricing import PriceTable
@@ -193,24 +192,11 @@ async def abuild(
     work_dir: Path | None = None,
     log: Callable[[str], None] = lambda _: None,
 ) -> BuildResult:
-    base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    api_key = config.api_key or os.environ.get("OPENAI_API_KEY")
-    if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
-        raise ConfigError(
-            "no API key: set OPENAI_API_KEY or pass --api-key (for a local server such as vLLM or"
-            " Ollama, pass --base-url http://HOST:PORT/v1)"
-        )
+    base_url, api_key = resolve_endpoint(config.base_url, config.api_key)
     prompts = prompts_for(config.prompts_dir)
     store = Store.open(work_dir or default_work_dir(out))
     usage = _Usage(PriceTable.load())
-    client = OpenAIClient(
-        base_url,
-        api_key,
-        timeout=config.timeout,
-        retry=RetryPolicy(max_retries=config.max_retries, backoff_base=config.retry_backoff),
-        structured=config.structured_output,
-        max_connections=config.concurrency,
-    )
+    client = OpenAIClient.for_settings(config, base_url, api_key)
     try:
         store.log_invocation(config.model_dump(mode="json"))
         store.commit()

@@ -801,7 +801,7 @@ def _outcome(line: dict[str, Any]) -> tuple[str | None, ChatResponse | _LineErro
         body = response.get("body")
         if status == 200:
             try:
-                return key, _reply(body)
+                return key, ChatResponse.from_openai(body, batch=True)
             except (KeyError, IndexError, TypeError, ValueError) as problem:
                 return key, _LineError(f"unreadable reply ({problem})", retryable=True)
         message = _error_message(body) or "no message"
@@ -809,22 +809,6 @@ def _outcome(line: dict[str, Any]) -> tuple[str | None, ChatResponse | _LineErro
     if isinstance(error, dict):  # batch_expired, batch_cancelled, ...: never ran
         return key, _LineError(f"{error.get('code')}: {error.get('message')}", retryable=True)
     return key, _LineError("no response", retryable=True)
-
-
-def _reply(body: Any) -> ChatResponse:
-    choice = body["choices"][0]
-    content = choice["message"].get("content")
-    if content is None:
-        raise ValueError("the reply has no message content")
-    usage = body.get("usage") or {}
-    return ChatResponse(
-        text=content,
-        finish_reason=choice.get("finish_reason") or "stop",
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        model=body.get("model") or "",
-        batch=True,
-    )
 
 
 def _dumps(response: ChatResponse) -> str:

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import orjson
@@ -32,6 +32,18 @@ from glan.llm.types import ChatRequest, ChatResponse
 log = logging.getLogger(__name__)
 
 StructuredMode = Literal["auto", "response_format", "prompt"]
+
+
+class TeacherSettings(Protocol):
+    """What a client needs of a config (GenerateConfig, the taxonomy build's)."""
+
+    timeout: float
+    max_retries: int
+    retry_backoff: float
+    structured_output: StructuredMode
+    concurrency: int
+
+
 _RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
@@ -90,6 +102,27 @@ class OpenAIClient:
         self.requests_sent = 0
         self.rate_limited = 0  # 429s received
 
+    @classmethod
+    def for_settings(
+        cls,
+        settings: TeacherSettings,
+        base_url: str,
+        api_key: str | None,
+        limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+    ) -> OpenAIClient:
+        """A client as a run's (or a taxonomy build's) settings describe it."""
+        return cls(
+            base_url,
+            api_key,
+            timeout=settings.timeout,
+            retry=RetryPolicy(
+                max_retries=settings.max_retries, backoff_base=settings.retry_backoff
+            ),
+            structured=settings.structured_output,
+            max_connections=settings.concurrency,
+            limits=limits,
+        )
+
     async def __aenter__(self) -> OpenAIClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
@@ -142,7 +175,7 @@ class OpenAIClient:
         limiter.learn(headers)
         if status == 200:
             try:
-                response = _response_of(payload, time.perf_counter() - started)
+                response = ChatResponse.from_openai(payload, time.perf_counter() - started)
             except (ValueError, KeyError, IndexError, TypeError) as error:
                 return f"unreadable reply body ({error})", None
             limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
@@ -205,22 +238,6 @@ class OpenAIClient:
             and self.structured != "response_format"
             and ("response_format" in lowered or "json_schema" in lowered)
         )
-
-
-def _response_of(payload: Any, latency: float) -> ChatResponse:
-    choice = payload["choices"][0]
-    content = choice["message"].get("content")
-    if content is None:
-        raise ValueError("the reply has no message content")
-    usage = payload.get("usage") or {}
-    return ChatResponse(
-        text=content,
-        finish_reason=choice.get("finish_reason") or "stop",
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        latency=latency,
-        model=payload.get("model", ""),
-    )
 
 
 def _error_message(payload: Any) -> str:

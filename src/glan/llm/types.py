@@ -87,6 +87,24 @@ class ChatResponse:
     batch: bool = False  # came through a provider batch API (billed at the batch price)
     cached: bool = field(default=False, compare=False)
 
+    @classmethod
+    def from_openai(cls, body: Any, latency: float = 0.0, *, batch: bool = False) -> ChatResponse:
+        """A chat.completion body; ValueError/KeyError/IndexError/TypeError when it is none."""
+        choice = body["choices"][0]
+        content = choice["message"].get("content")
+        if content is None:
+            raise ValueError("the reply has no message content")
+        usage = body.get("usage") or {}
+        return cls(
+            text=content,
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency=latency,
+            model=body.get("model") or "",
+            batch=batch,
+        )
+
     @property
     def truncated(self) -> bool:
         """Cut off at max tokens."""
