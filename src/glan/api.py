@@ -79,7 +79,10 @@ async def agenerate(
     try:
         store.log_invocation(config.model_dump(mode="json"))
         store.set_meta(TAXONOMY_META, [d.id for d in taxonomy.disciplines()])
-        stats = RunStats(prices=PriceTable.load(config.prices))
+        stats = RunStats(
+            prices=PriceTable.load(config.prices),
+            questions_per_syllabus=config.questions_per_syllabus,
+        )
         output = JsonlOutput(run_dir / OUTPUT_NAME)
         output.open(store)
         client = OpenAIClient.for_settings(config, base_url, api_key, config.limits())

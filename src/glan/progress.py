@@ -12,11 +12,14 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from glan.llm.types import ChatResponse
 from glan.pricing import PriceTable
@@ -44,6 +47,7 @@ class StageStats:
 @dataclass
 class RunStats:
     prices: PriceTable = field(default_factory=PriceTable)
+    questions_per_syllabus: int = 0
     stages: dict[str, StageStats] = field(
         default_factory=lambda: {name: StageStats() for name in LABELS}
     )
@@ -64,6 +68,18 @@ class RunStats:
     def cost(self) -> float:
         return sum(s.cost for s in self.stages.values())
 
+    def projected_totals(self) -> dict[str, int]:
+        """Totals as they will be: items of a stage appear only as their parents finish, so a
+        stage is at least as big as what its known parents will give it."""
+        s = self.stages
+        questions = max(s["question"].total, s["syllabus"].total * self.questions_per_syllabus)
+        return {
+            "subjects": s["subjects"].total,
+            "syllabus": s["syllabus"].total,
+            "question": questions,
+            "answer": max(s["answer"].total, questions),
+        }
+
     @property
     def requests(self) -> int:
         return sum(s.requests for s in self.stages.values())
@@ -76,6 +92,11 @@ class RunStats:
         )
 
 
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:7.1f}/s")
+
+
 class LiveProgress:
     """A bar per stage (done/total, rate, tokens, failures, ETA) while the run goes."""
 
@@ -85,7 +106,7 @@ class LiveProgress:
             TextColumn("[bold]{task.description:>9}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>7}/s"),
+            _Rate(),
             TextColumn("[red]{task.fields[failed]}"),
             TextColumn("[dim]{task.fields[tokens]}"),
             TimeElapsedColumn(),
@@ -93,29 +114,22 @@ class LiveProgress:
             TimeRemainingColumn(),
             console=console or Console(stderr=True),
             refresh_per_second=4,
+            speed_estimate_period=10,
         )
         self.tasks: dict[str, TaskID] = {}
-        self._last = {name: (time.monotonic(), 0) for name in LABELS}
 
     def start(self) -> None:
         for name, label in LABELS.items():
-            self.tasks[name] = self.progress.add_task(
-                label, total=None, rate="", failed="", tokens=""
-            )
+            self.tasks[name] = self.progress.add_task(label, total=None, failed="", tokens="")
         self.progress.start()
 
     def refresh(self) -> None:
-        now = time.monotonic()
+        totals = self.stats.projected_totals()
         for name, stats in self.stats.stages.items():
-            then, done_then = self._last[name]
-            rate = (stats.done - done_then) / max(now - then, 1e-9)
-            if now - then >= 2:
-                self._last[name] = (now, stats.done)
             self.progress.update(
                 self.tasks[name],
-                total=stats.total or None,
+                total=totals[name] or None,
                 completed=stats.done,
-                rate=f"{rate:.1f}",
                 failed=f"{stats.failed} failed" if stats.failed else "",
                 tokens=f"{_short(stats.tokens_in)}→{_short(stats.tokens_out)} tok"
                 + (f" ${stats.cost:,.2f}" if stats.cost else ""),
@@ -145,9 +159,10 @@ class LogProgress:
 
     def line(self) -> None:
         parts = []
+        totals = self.stats.projected_totals()
         for name, stats in self.stats.stages.items():
             failed = f" ({stats.failed} failed)" if stats.failed else ""
-            parts.append(f"{LABELS[name]} {stats.done}/{stats.total}{failed}")
+            parts.append(f"{LABELS[name]} {stats.done}/{totals[name]}{failed}")
         tokens_in, tokens_out = self.stats.tokens
         elapsed = time.monotonic() - self.stats.started
         print(
