@@ -6,9 +6,9 @@
 
 Builds a run directory whose store holds N synthetic pairs (5% planted exact duplicates: the same
 question re-cased and re-punctuated; 5% planted near duplicates: one word of 20-60 changed), then
-runs ``glan curate`` in a fresh process and reports its wall time, its peak RSS, and how many planted
-copies it found and how many other rows it removed. The store is reused when it already holds N
-rows (``--rebuild`` to make it again).
+runs ``glan curate`` in a fresh process and reports its wall time, its peak RSS, and how many
+planted copies it found and how many other rows it removed. The store is reused when it already
+holds N rows (``--rebuild`` to make it again).
 
 Not a test: pytest collects ``tests/`` only.
 """

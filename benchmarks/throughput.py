@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sqlite3
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -78,12 +79,22 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--pairs", type=int, default=4000)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians are shown")
     args = parser.parse_args()
-    with fake_teacher(args.latency) as base_url, tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        engine = run_pipeline(base_url, run_dir, args.pairs, args.concurrency)
-        bare = asyncio.run(bare_loop(base_url, wide_bodies(run_dir), args.concurrency))
-    print(f"latency {args.latency}s, concurrency {args.concurrency}, {args.pairs} pairs")
+    engine_rates, bare_rates = [], []
+    with fake_teacher(args.latency) as base_url:
+        # Alternate the two, so a passing load on the machine hits both alike.
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                run_dir = Path(tmp)
+                engine_rates.append(run_pipeline(base_url, run_dir, args.pairs, args.concurrency))
+                bodies = wide_bodies(run_dir)
+            bare_rates.append(asyncio.run(bare_loop(base_url, bodies, args.concurrency)))
+    engine, bare = statistics.median(engine_rates), statistics.median(bare_rates)
+    print(
+        f"latency {args.latency}s, concurrency {args.concurrency}, {args.pairs} pairs,"
+        f" median of {args.repeat}"
+    )
     if args.latency > 0:
         ideal = args.concurrency / args.latency
         print(f"  ideal          {ideal:8.0f} req/s")
@@ -92,6 +103,8 @@ def main() -> None:
     else:
         print(f"  glan pipeline  {engine:8.0f} req/s  {engine / bare:6.1%} of the bare loop")
         print(f"  bare aiohttp   {bare:8.0f} req/s")
+    runs = f"glan {[round(r) for r in engine_rates]}, bare {[round(r) for r in bare_rates]}"
+    print(f"  (every run: {runs})")
 
 
 if __name__ == "__main__":

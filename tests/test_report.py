@@ -99,9 +99,9 @@ def test_report_contains_every_section_and_opens_offline(tmp_path):
     assert_offline(page)
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
-    # one plotly figure per plot: sunburst, disciplines, mix, two lengths, concepts, reasons, tokens
+    # one plotly figure per plot: treemap, disciplines, mix, two lengths, concepts, reasons, tokens
     assert page.count("Plotly.newPlot") == 8
-    assert '"type":"sunburst"' in page
+    assert '"type":"treemap"' in page
     # the numbers
     assert '<div class="value">12</div><div class="label">pairs kept' in page
     assert "8 of 20 (40.0%)" in page

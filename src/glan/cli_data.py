@@ -69,7 +69,7 @@ EXPORT_HELP = (
 )
 REPORT_HELP = (
     "One self-contained HTML page about the dataset; it opens with no network.\n\n"
-    "Pairs per field and discipline (a sunburst of the taxonomy), question and answer lengths,"
+    "Pairs per field and discipline (a treemap of the taxonomy), question and answer lengths,"
     " the basic/challenging mix, key concepts used, curation counts by reason with examples, and"
     " tokens and cost per stage."
 )

@@ -1,6 +1,6 @@
 """``glan report``: one self-contained HTML page about a run's dataset.
 
-What it shows: pairs per field and discipline (a sunburst of the taxonomy, then a bar per
+What it shows: pairs per field and discipline (a treemap of the taxonomy, then a bar per
 discipline split into basic and challenging), question and answer lengths, the basic/challenging
 mix, how many of the syllabi's key concepts the questions used, what curation removed and why
 (with examples), and tokens and cost per stage.
@@ -33,7 +33,20 @@ TYPES = ("basic", "challenging")
 _EXAMPLES = 5  # removals shown per reason
 _EXCERPT = 220
 _BINS = 60  # of the length histograms
+_OPEN_UP_TO = 30  # disciplines: beyond this, the per-discipline bars start folded away
 _COLORS = {"basic": "#4C78A8", "challenging": "#F58518"}
+_FIELD_COLORS = [
+    "#4C78A8",
+    "#F58518",
+    "#54A24B",
+    "#E45756",
+    "#72B7B2",
+    "#B279A2",
+    "#EECA3B",
+    "#9D755D",
+    "#FF9DA6",
+    "#BAB0AC",
+]
 _REASON_TEXT = {
     "decontaminated": "shares a long n-gram with a benchmark item",
     "too_short": "empty or shorter than the minimum",
@@ -264,18 +277,21 @@ class Figures:
                 parents.append(parent)
                 values.append(d.total)
         figure = self.go.Figure(
-            self.go.Sunburst(
+            self.go.Treemap(
                 ids=ids,
                 labels=labels,
                 parents=parents,
                 values=values,
                 branchvalues="total",
+                textinfo="label+value",
                 hovertemplate="<b>%{label}</b><br>%{value:,} pairs<br>%{percentRoot:.1%}"
                 " of all<extra></extra>",
-                insidetextorientation="radial",
+                tiling={"pad": 2},
+                pathbar={"visible": True},
             )
         )
-        return self.html(figure, height=560)
+        figure.update_layout(treemapcolorway=_FIELD_COLORS)
+        return self.html(figure, height=620)
 
     def per_discipline(self, data: ReportData) -> str:
         ordered = sorted(data.disciplines.values(), key=lambda d: d.total)
@@ -430,6 +446,7 @@ def render(data: ReportData, figures: Figures) -> str:
     counts = data.type_counts()
     concepts = sum(len(d.concepts) for d in data.disciplines.values())
     used = sum(len(d.used & d.concepts) for d in data.disciplines.values())
+    shown = sum(1 for d in data.disciplines.values() if d.total)
     tokens_in = sum(u["tokens_in"] for u in data.usage.values())
     tokens_out = sum(u["tokens_out"] for u in data.usage.values())
     return template.render(
@@ -447,6 +464,9 @@ def render(data: ReportData, figures: Figures) -> str:
         subjects=sum(d.subjects for d in data.disciplines.values()),
         disciplines=sorted(data.disciplines.values(), key=lambda d: (d.field, d.sub_field, d.name)),
         fields=len({d.field for d in data.disciplines.values() if d.total}),
+        shown=shown,
+        many=shown > _OPEN_UP_TO,
+        spread=_spread(data),
         tokens_in=tokens_in,
         tokens_out=tokens_out,
         total_cost=sum(data.cost.values()) if data.cost is not None else None,
@@ -471,6 +491,18 @@ def render(data: ReportData, figures: Figures) -> str:
         figure_tokens=_markup(figures.tokens(data.usage)) if data.usage else None,
         matched=_matched_text,
     )
+
+
+def _spread(data: ReportData) -> dict[str, Any] | None:
+    """The disciplines with the lowest and highest key-concept coverage, and the median."""
+    ranked = sorted(
+        (d for d in data.disciplines.values() if d.coverage is not None),
+        key=lambda d: d.coverage or 0.0,
+    )
+    if len(ranked) < 3:
+        return None
+    middle = ranked[len(ranked) // 2].coverage
+    return {"low": ranked[0], "high": ranked[-1], "median": middle}
 
 
 def _counts_axis(most: int) -> dict[str, Any]:

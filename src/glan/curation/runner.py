@@ -13,7 +13,7 @@ question altogether. Pairs are visited by id (the order of a stable hash), not b
 same run gives the same curated set whatever order its answers came back in.
 
 Memory does not grow with the rows' text: rows stream from SQLite, removals are written as they are
-found, and dedup keeps about 160 bytes per kept pair (see ``dedup.py``).
+found, and dedup keeps 240 bytes per kept pair (see ``dedup.py``).
 """
 
 from __future__ import annotations

@@ -216,7 +216,11 @@ class LocalEngine:
             self._fail(node, stats, f"internal error: {error.__class__.__name__}: {error}")
             return
         self.store.finish(node, result, output=stage.output)
-        self._add(self.pipeline.children(replace(node, status="done", result=result)))
+        done = replace(node, status="done", result=result)
+        children = self.pipeline.children(done)
+        if children:
+            self._remember_parent(done)  # its children are about to ask for it
+        self._add(children)
         if stage.kind == "subject_query" and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
         if stage.output:
@@ -250,12 +254,15 @@ class LocalEngine:
         if parent is None:
             parent = self.store.get(node.parent_id)
             assert parent is not None, f"item {node.id} has no parent {node.parent_id}"
-            self._parents[node.parent_id] = parent
-            if len(self._parents) > 4096:
-                self._parents.popitem(last=False)
+            self._remember_parent(parent)
         else:
             self._parents.move_to_end(node.parent_id)
         return parent
+
+    def _remember_parent(self, node: Node) -> None:
+        self._parents[node.id] = node
+        if len(self._parents) > 4096:
+            self._parents.popitem(last=False)
 
     def _stage_name(self, kind: str) -> str | None:
         stage = self.pipeline.stages.get(kind)
