@@ -87,6 +87,7 @@ def pair(
             "prompt_version": "p-test",
             "seed": 0,
             "language": language,
+            "syllabus_language": None,
             "question_id": f"q-{row_id}",
             "truncated": truncated,
         },

@@ -37,28 +37,13 @@ import orjson
 
 from glan.curation.errors import require
 from glan.curation.results import CuratedRows
+from glan.stages.answers import META_KEYS
 from glan.store import DB_NAME, Store
 
 FORMATS = ("messages", "sharegpt", "alpaca")
 TARGETS = ("jsonl", "parquet", "hf")
 MANIFEST = "glan-export.json"
-LINEAGE = (
-    "field",
-    "sub_field",
-    "discipline",
-    "subject",
-    "level",
-    "sessions",
-    "key_concepts",
-    "question_type",
-    "question_model",
-    "answer_model",
-    "prompt_version",
-    "seed",
-    "language",
-    "question_id",
-    "truncated",
-)
+LINEAGE = META_KEYS  # every meta key becomes a column
 _LISTS = ("sessions", "key_concepts")
 _SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
 _BATCH = 5000  # rows per Parquet write: ~15 MB of text in memory at a time

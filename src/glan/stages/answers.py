@@ -10,7 +10,8 @@ from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, system, user
 from glan.store import NewNode, Node
 
-LINEAGE = (
+# A row's meta, in order: where its question came from, then how the row was made.
+FROM_QUESTION = (
     "field",
     "sub_field",
     "discipline",
@@ -19,6 +20,17 @@ LINEAGE = (
     "sessions",
     "key_concepts",
     "question_type",
+)
+META_KEYS = (
+    *FROM_QUESTION,
+    "question_model",
+    "answer_model",
+    "prompt_version",
+    "seed",
+    "language",
+    "syllabus_language",
+    "question_id",
+    "truncated",
 )
 
 
@@ -43,7 +55,7 @@ class AnswerStage:
                 user(question),
             )
         )
-        meta = {key: parent.data.get(key) for key in LINEAGE}
+        meta = {key: parent.data.get(key) for key in FROM_QUESTION}
         meta.update(
             question_model=parent.result["model"],
             answer_model=reply.model or self.settings.model,
