@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import BaseModel
 
+from glan.ids import canonical_bytes, digest_id
 from glan.llm.errors import ParseError
 from glan.llm.structured import extract_json, json_schema_of, parse_reply, schema_in_prompt
 from glan.llm.types import ChatRequest, unpack_request
@@ -67,3 +70,10 @@ def test_schema_in_prompt_for_servers_without_response_format():
     assert "JSON Schema" in moved.messages[-1]["content"]
     assert "response_format" not in moved.body(response_format=False)
     assert moved.key != r.key  # the prompt differs, so does the key
+
+
+def test_the_wire_bytes_are_the_canonical_body():
+    r = request(tag="q-1", messages=({"role": "user", "content": 'é "quoted"'},))
+    assert json.loads(r.wire) == r.body()
+    assert r.wire == canonical_bytes(r.body())
+    assert r.key == digest_id(canonical_bytes({"body": r.body(), "tag": "q-1"}))

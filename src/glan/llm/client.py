@@ -152,7 +152,10 @@ class OpenAIClient:
         sent = request
         if request.schema is not None and self.structured == "prompt":
             sent = schema_in_prompt(request)
-        body = sent.body(response_format=self.structured != "prompt")
+        if sent is request and self.structured != "prompt":
+            body = request.wire
+        else:
+            body = orjson.dumps(sent.body(response_format=self.structured != "prompt"))
         limiter = self.limiter(request.model)
         estimate = estimate_tokens(sum(len(m["content"]) for m in sent.messages), sent.max_tokens)
         await limiter.acquire(estimate)
@@ -217,11 +220,9 @@ class OpenAIClient:
             self._limiters[model] = limiter
         return limiter
 
-    async def _post(self, body: dict[str, Any]) -> tuple[int, Any, Any]:
+    async def _post(self, body: bytes) -> tuple[int, Any, Any]:
         assert self._session is not None, "use 'async with OpenAIClient(...)'"
-        async with self._session.post(
-            self.url, data=orjson.dumps(body), headers=self._headers
-        ) as response:
+        async with self._session.post(self.url, data=body, headers=self._headers) as response:
             raw = await response.read()
             try:
                 payload = orjson.loads(raw) if raw else None

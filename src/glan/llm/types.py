@@ -55,8 +55,14 @@ class ChatRequest:
         return body
 
     @cached_property
+    def wire(self) -> bytes:
+        """The body as sent (with ``response_format``): sorted JSON, serialised once per request."""
+        return canonical_bytes(self.body())
+
+    @cached_property
     def _canonical(self) -> bytes:
-        return canonical_bytes({"body": self.body(), "tag": self.tag})
+        # canonical_bytes({"body": ..., "tag": ...}), assembled around the wire bytes.
+        return b'{"body":' + self.wire + b',"tag":' + canonical_bytes(self.tag) + b"}"
 
     @cached_property
     def key(self) -> str:
