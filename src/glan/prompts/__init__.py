@@ -54,7 +54,9 @@ class Prompts:
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=False,
             autoescape=False,
+            auto_reload=False,  # the texts are fixed above; checking them per render costs
         )
+        self._templates: dict[str, jinja2.Template] = {}
         for name in self.overrides:  # a broken template is a config error now, not 1000 failures
             try:
                 self.environment.get_template(name + SUFFIX)
@@ -65,10 +67,13 @@ class Prompts:
 
     def render(self, name: str, **variables: Any) -> str:
         """The template ``name`` (without ``.j2``) filled in."""
-        try:
-            template = self.environment.get_template(name + SUFFIX)
-        except jinja2.TemplateNotFound:
-            raise ConfigError(f"no prompt template named {name}{SUFFIX}") from None
+        template = self._templates.get(name)
+        if template is None:
+            try:
+                template = self.environment.get_template(name + SUFFIX)
+            except jinja2.TemplateNotFound:
+                raise ConfigError(f"no prompt template named {name}{SUFFIX}") from None
+            self._templates[name] = template
         return template.render(**variables).strip()
 
 

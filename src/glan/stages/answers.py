@@ -42,18 +42,15 @@ class AnswerStage:
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
         self.settings = config.stage(self.name)
+        self.prompts = prompts_for(config.prompts_dir)
+        # The same for every answer of the run: rendered once.
+        self.system = self.prompts.render("answer_system", language=config.language)
 
     async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
         question = parent.result["question"]
-        prompts = prompts_for(self.config.prompts_dir)
+        prompts = self.prompts
         reply = await teacher.text(
-            request_for(
-                self.config,
-                self.settings,
-                node,
-                system(prompts.render("answer_system", language=self.config.language)),
-                user(question),
-            )
+            request_for(self.config, self.settings, node, system(self.system), user(question))
         )
         meta = {key: parent.data.get(key) for key in FROM_QUESTION}
         meta.update(
