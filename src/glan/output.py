@@ -59,8 +59,12 @@ class JsonlOutput:
         return store.out_seq_of(last_id)
 
     def write(self, row: Any) -> None:
+        self.write_json(orjson.dumps(row).decode())
+
+    def write_json(self, line: str) -> None:
+        """A row already serialised (as the store keeps it)."""
         assert self._file is not None
-        self._file.write(orjson.dumps(row).decode() + "\n")
+        self._file.write(line + "\n")
 
     def flush(self) -> None:
         if self._file is not None:

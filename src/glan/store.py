@@ -85,6 +85,12 @@ class Node:
     error: str | None = None
     attempts: int = 0
 
+    def done(self, result: Any) -> Node:
+        """This node, finished with ``result``."""
+        return Node(
+            self.id, self.kind, self.parent_id, self.root, self.seq, self.data, "done", result
+        )
+
 
 @dataclass(frozen=True)
 class NewNode:
@@ -329,18 +335,20 @@ class Store:
             added += cursor.rowcount
         return added
 
-    def finish(self, node: Node, result: Any, *, output: bool = False) -> int | None:
-        """Mark a node done with its result; ``output`` rows get the next place in the output."""
+    def finish(self, node: Node, result: Any, *, output: bool = False) -> str:
+        """Mark a node done with its result (returned as stored, JSON); ``output`` rows get the
+        next place in the output."""
         out_seq = None
         if output:
             out_seq = self._next_out_seq
             self._next_out_seq += 1
+        text = _dumps(result)
         self._write(
             "UPDATE nodes SET status = 'done', result = ?, error = NULL, attempts = attempts + 1,"
             " out_seq = ?, updated_at = ? WHERE id = ?",
-            (_dumps(result), out_seq, time.time(), node.id),
+            (text, out_seq, time.time(), node.id),
         )
-        return out_seq
+        return text
 
     def fail(self, node: Node, error: str) -> None:
         self._write(

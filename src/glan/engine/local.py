@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, Protocol
 
 from glan.config import GenerateConfig
@@ -215,8 +214,8 @@ class LocalEngine:
             log.exception("stage %s failed on %s", stage.name, node.id)
             self._fail(node, stats, f"internal error: {error.__class__.__name__}: {error}")
             return
-        self.store.finish(node, result, output=stage.output)
-        done = replace(node, status="done", result=result)
+        stored = self.store.finish(node, result, output=stage.output)
+        done = node.done(result)
         children = self.pipeline.children(done)
         if children:
             self._remember_parent(done)  # its children are about to ask for it
@@ -224,7 +223,7 @@ class LocalEngine:
         if stage.kind == "subject_query" and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
         if stage.output:
-            self.store.after_commit(lambda: self.output.write(result))
+            self.store.after_commit(lambda: self.output.write_json(stored))
         # No need to wait for this commit: children are read from the same connection, and
         # after a crash the node is rebuilt for free from its committed calls.
         stats.done += 1
