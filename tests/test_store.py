@@ -46,6 +46,8 @@ def test_nodes_are_inserted_once_and_failed_ones_come_back(tmp_path):
     assert [n.id for _, n in store.pending("answer", 0, 10)] == ["a1", "a2"]
     store.set_roots(["another discipline"])  # work of unselected disciplines waits
     assert store.pending("answer", 0, 10) == []
+    assert store.counts(active_only=True) == {}
+    assert store.counts() == {"answer": {"pending": 2}}
     store.close()
 
 

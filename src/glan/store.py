@@ -410,11 +410,12 @@ class Store:
                 return
             after = rows[-1][0]
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """{kind: {status: count}}."""
+    def counts(self, active_only: bool = False) -> dict[str, dict[str, int]]:
+        """{kind: {status: count}}, of the whole run or of the disciplines being worked on."""
+        where = " WHERE root IN (SELECT id FROM active_roots)" if active_only else ""
         counts: dict[str, dict[str, int]] = {}
         for kind, status, count in self.db.execute(
-            "SELECT kind, status, COUNT(*) FROM nodes GROUP BY kind, status"
+            f"SELECT kind, status, COUNT(*) FROM nodes{where} GROUP BY kind, status"
         ):
             counts.setdefault(kind, {})[status] = count
         return counts

@@ -87,7 +87,7 @@ class LocalEngine:
             self.store.set_meta("expansion", signature)
         self.store.commit()
         self._fresh_after = self.store.last_rowid()
-        for kind, statuses in self.store.counts().items():
+        for kind, statuses in self.store.counts(active_only=True).items():
             name = self._stage_name(kind)
             if name is not None:
                 stats = self.stats.stages[name]
