@@ -56,6 +56,7 @@ class LocalEngine:
         self.stats = stats
         self.display = display
         self.pipeline = Pipeline(config)
+        self.prompts = prompts_for(config.prompts_dir)
         self._queues: dict[str, deque[tuple[int, Node]]] = {kind: deque() for kind in KINDS}
         self._cursor: dict[str, int] = dict.fromkeys(KINDS, 0)
         self._drained: dict[str, bool] = dict.fromkeys(KINDS, False)
@@ -200,7 +201,7 @@ class LocalEngine:
             node,
             stage.name,
             self.config.repair_attempts,
-            prompts_for(self.config.prompts_dir),
+            self.prompts,
             fresh=fresh,
         )
         try:

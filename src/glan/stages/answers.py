@@ -48,7 +48,6 @@ class AnswerStage:
 
     async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
         question = parent.result["question"]
-        prompts = self.prompts
         reply = await teacher.text(
             request_for(self.config, self.settings, node, system(self.system), user(question))
         )
@@ -56,7 +55,7 @@ class AnswerStage:
         meta.update(
             question_model=parent.result["model"],
             answer_model=reply.model or self.settings.model,
-            prompt_version=prompts.version,
+            prompt_version=self.prompts.version,
             seed=self.config.seed,
             language=self.config.language,
             syllabus_language=self.config.syllabus_language,

@@ -68,3 +68,14 @@ def request_for(
         seed=stable_int(config.seed, node.id, bits=31) if config.send_seed else None,
         tag=tag,
     )
+
+
+async def draft_then_json(
+    teacher: Teacher, ask: ChatRequest, convert: str, schema: type[M], single_turn: bool
+) -> M:
+    """The paper's two turns: free text, then ``convert`` turns it into JSON (asking for JSON up
+    front lowered quality). ``single_turn`` asks for the JSON at once."""
+    if not single_turn:
+        draft = await teacher.text(ask)
+        ask = ask.followed_by(assistant(draft.text), user(convert))
+    return await teacher.json(ask, schema)

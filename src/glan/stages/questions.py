@@ -77,6 +77,7 @@ class QuestionStage:
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
         self.settings = config.stage(self.name)
+        self.prompts = prompts_for(config.prompts_dir)
         self._outlines: OrderedDict[str, str] = OrderedDict()
 
     def outline(self, subject: Node) -> str:
@@ -84,9 +85,7 @@ class QuestionStage:
         question of the subject shows the same."""
         outline = self._outlines.get(subject.id)
         if outline is None:
-            outline = prompts_for(self.config.prompts_dir).render(
-                "syllabus_outline", sessions=subject.result["sessions"]
-            )
+            outline = self.prompts.render("syllabus_outline", sessions=subject.result["sessions"])
             self._outlines[subject.id] = outline
             if len(self._outlines) > 1024:
                 self._outlines.popitem(last=False)
@@ -94,7 +93,7 @@ class QuestionStage:
 
     async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
         spec = node.data
-        prompt = prompts_for(self.config.prompts_dir).render(
+        prompt = self.prompts.render(
             "question",
             discipline=spec["discipline"],
             subject=spec["subject"],

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 from glan.config import GenerateConfig
 from glan.ids import stable_id
 from glan.prompts import prompts_for
-from glan.stages.base import Teacher, assistant, request_for, user
+from glan.stages.base import Teacher, draft_then_json, request_for, user
 from glan.store import NewNode, Node
 
 
@@ -42,6 +42,7 @@ class SubjectsStage:
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
         self.settings = config.stage(self.name)
+        self.prompts = prompts_for(config.prompts_dir)
 
     def queries(self, discipline: Node) -> list[NewNode]:
         return [
@@ -63,7 +64,7 @@ class SubjectsStage:
             self.settings,
             node,
             user(
-                prompts_for(self.config.prompts_dir).render(
+                self.prompts.render(
                     "subjects",
                     discipline=lineage["discipline"],
                     path=" > ".join(lineage["path"][:-1]),
@@ -73,13 +74,9 @@ class SubjectsStage:
             ),
             tag=f"query-{node.data['query']}",
         )
-        if not self.config.single_turn:
-            draft = await teacher.text(ask)
-            ask = ask.followed_by(
-                assistant(draft.text),
-                user(prompts_for(self.config.prompts_dir).render("subjects_json")),
-            )
-        listing = await teacher.json(ask, SubjectList)
+        listing = await draft_then_json(
+            teacher, ask, self.prompts.render("subjects_json"), SubjectList, self.config.single_turn
+        )
         return [subject.model_dump() for subject in listing.subjects]
 
     def expand(self, node: Node) -> list[NewNode]:

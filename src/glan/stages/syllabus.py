@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from glan.config import GenerateConfig
 from glan.prompts import prompts_for
-from glan.stages.base import Teacher, assistant, request_for, user
+from glan.stages.base import Teacher, draft_then_json, request_for, user
 from glan.stages.questions import sample_specs
 from glan.store import NewNode, Node
 
@@ -48,6 +48,7 @@ class SyllabusStage:
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
         self.settings = config.stage(self.name)
+        self.prompts = prompts_for(config.prompts_dir)
 
     async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
         ask = request_for(
@@ -55,7 +56,7 @@ class SyllabusStage:
             self.settings,
             node,
             user(
-                prompts_for(self.config.prompts_dir).render(
+                self.prompts.render(
                     "syllabus",
                     discipline=node.data["discipline"],
                     subject=node.data["subject"],
@@ -65,13 +66,9 @@ class SyllabusStage:
                 )
             ),
         )
-        if not self.config.single_turn:
-            draft = await teacher.text(ask)
-            ask = ask.followed_by(
-                assistant(draft.text),
-                user(prompts_for(self.config.prompts_dir).render("syllabus_json")),
-            )
-        syllabus = await teacher.json(ask, Syllabus)
+        syllabus = await draft_then_json(
+            teacher, ask, self.prompts.render("syllabus_json"), Syllabus, self.config.single_turn
+        )
         return syllabus.model_dump()
 
     def expand(self, node: Node) -> list[NewNode]:
