@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from glan import ray_run
 from glan.config import ConfigError, GenerateConfig, resolve_endpoint
 from glan.engine.local import LocalEngine
 from glan.estimate import WIDE_STAGES, StageEstimate, estimate
@@ -16,10 +17,11 @@ from glan.llm.batch import BatchClient
 from glan.llm.client import OpenAIClient
 from glan.output import OUTPUT_NAME, JsonlOutput
 from glan.pipeline import Pipeline
-from glan.pricing import PriceTable, cost_by_stage
+from glan.pricing import PriceTable, StageSpend, spend_by_stage
 from glan.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
 from glan.prompts import prompts_for
-from glan.store import Store
+from glan.runfiles import ROWS, RunLocation, StateDir
+from glan.store import DB_NAME, Store
 from glan.taxonomy import Taxonomy
 
 ProgressMode = Literal["auto", "live", "log", "none"]
@@ -38,12 +40,13 @@ class StageStatus:
 
 @dataclass
 class RunStatus:
-    run_dir: Path
+    run_dir: str
     stages: dict[str, StageStatus]
     rows: int
     errors: list[tuple[str, str, str]]
     # rows of disciplines no longer in the taxonomy (removed or renamed), by discipline path
     removed: dict[str, int] = field(default_factory=dict)
+    dataset: str = ""  # where the pairs are: instructions.jsonl, or a Ray run's rows/
 
     @property
     def complete(self) -> bool:
@@ -71,18 +74,15 @@ def generate(
 async def agenerate(
     config: GenerateConfig, out: str | Path, *, progress: ProgressMode = "none"
 ) -> RunStatus:
-    run_dir = Path(out)
     base_url, api_key = resolve_endpoint(config.base_url, config.api_key)
     taxonomy = _taxonomy(config)
     disciplines = taxonomy.select(config.disciplines)
+    if config.engine == "ray":
+        return await _generate_on_ray(config, str(out), taxonomy, (base_url, api_key), progress)
+    run_dir = Path(out)
     store = Store.open(run_dir)
     try:
-        store.log_invocation(config.model_dump(mode="json"))
-        store.set_meta(TAXONOMY_META, [d.id for d in taxonomy.disciplines()])
-        stats = RunStats(
-            prices=PriceTable.load(config.prices),
-            questions_per_syllabus=config.questions_per_syllabus,
-        )
+        stats = _begin(store, config, taxonomy)
         output = JsonlOutput(run_dir / OUTPUT_NAME)
         output.open(store)
         client = OpenAIClient.for_settings(config, base_url, api_key, config.limits())
@@ -108,6 +108,47 @@ async def agenerate(
         store.close()
 
 
+async def _generate_on_ray(
+    config: GenerateConfig,
+    out: str,
+    taxonomy: Taxonomy,
+    endpoint: tuple[str, str | None],
+    progress: ProgressMode,
+) -> RunStatus:
+    """The Ray engine's run: glan.db on the driver (in a local state directory when OUT is an
+    object store, copied up to OUT/glan.db at the end), Parquet parts in OUT."""
+    if config.batch:
+        raise ConfigError("--batch and --engine ray do not go together; choose one")
+    try:
+        from glan.engine.ray_engine import RayEngine
+    except ImportError:
+        raise ConfigError('--engine ray needs Ray: pip install "glan[ray]"') from None
+    state = StateDir(out)
+    store = Store.open(state.path)
+    try:
+        stats = _begin(store, config, taxonomy)
+        async with OpenAIClient.for_settings(config, *endpoint, config.limits()) as client:
+            engine = RayEngine(
+                config, store, state.location, client, endpoint, stats, _display(progress, stats)
+            )
+            engine.prepare(Pipeline(config).roots(taxonomy.select(config.disciplines)))
+            await engine.run()
+    finally:
+        store.close()
+        state.upload()
+    return status(out, prices=stats.prices)
+
+
+def _begin(store: Store, config: GenerateConfig, taxonomy: Taxonomy) -> RunStats:
+    """Record the invocation; the stats it starts from."""
+    store.log_invocation(config.model_dump(mode="json"))
+    store.set_meta(TAXONOMY_META, [d.id for d in taxonomy.disciplines()])
+    return RunStats(
+        prices=PriceTable.load(config.prices),
+        questions_per_syllabus=config.questions_per_syllabus,
+    )
+
+
 def plan(config: GenerateConfig) -> list[StageEstimate]:
     """What a run of ``config`` will ask for and cost, before it starts (``glan estimate``)."""
     disciplines = _taxonomy(config).select(config.disciplines)
@@ -117,39 +158,52 @@ def plan(config: GenerateConfig) -> list[StageEstimate]:
 def status(
     run_dir: str | Path, store: Store | None = None, prices: PriceTable | None = None
 ) -> RunStatus:
-    """Per-stage counts, requests, tokens and spend of a run directory."""
-    run_dir = Path(run_dir)
+    """Per-stage counts, requests, tokens and spend of a run directory, local or Ray (whose
+    questions and answers are in Parquet parts beside glan.db)."""
     if store is None:
-        if not (run_dir / "glan.db").exists():
-            raise ConfigError(f"{run_dir} is not a glan run directory (no glan.db in it)")
-        store = Store.open(run_dir)
+        # A Ray run in an object store keeps glan.db on its driver, copied up when it stops.
+        state = StateDir(str(run_dir)).path if "://" in str(run_dir) else Path(run_dir)
+        if not (state / DB_NAME).exists():
+            raise ConfigError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
+        store = Store.open(state)
         try:
             return status(run_dir, store, prices)
         finally:
             store.close()
     counts = store.counts()
-    usage = store.usage_by_stage()
-    spent = cost_by_stage(store, prices)
+    usage = store.usage()
+    errors = store.errors()
+    ray = ray_run.is_ray_run(store)
+    if ray:
+        # questions and answers live in Parquet parts beside glan.db
+        location = RunLocation.of(str(run_dir))
+        done = ray_run.done_keys(location)
+        failed = ray_run.failures(location, done)
+        counts.update(ray_run.wide_counts(store, done, failed))
+        usage += ray_run.wide_usage(location)
+        errors = ray_run.errors(store, failed)
+    spent = spend_by_stage(usage, prices)
     stages: dict[str, StageStatus] = {}
     for stage in Pipeline(GenerateConfig()).stages.values():
         statuses = counts.get(stage.kind, {})
-        used = usage.get(stage.name, {})
+        used = spent.get(stage.name, StageSpend())
         stages[stage.name] = StageStatus(
             done=statuses.get("done", 0),
             pending=statuses.get("pending", 0),
             failed=statuses.get("failed", 0),
-            requests=used.get("calls", 0),
-            tokens_in=used.get("tokens_in", 0),
-            tokens_out=used.get("tokens_out", 0),
-            cost=spent.get(stage.name, 0.0),
+            requests=used.calls,
+            tokens_in=used.tokens_in,
+            tokens_out=used.tokens_out,
+            cost=used.cost,
         )
     ordered = {name: stages[name] for name in LABELS}
     return RunStatus(
-        run_dir,
+        str(run_dir),
         ordered,
         rows=ordered["answer"].done,
-        errors=store.errors(),
+        errors=errors,
         removed=_removed_rows(store),
+        dataset=f"{run_dir}/{ROWS}" if ray else str(Path(run_dir) / OUTPUT_NAME),
     )
 
 

@@ -17,6 +17,7 @@ from glan import api
 from glan.config import ConfigError, GenerateConfig
 from glan.llm.errors import FatalLLMError
 from glan.pricing import PriceTable
+from glan.runfiles import RunFilesError
 from glan.store import StoreError
 from glan.taxonomy import TaxonomyError
 
@@ -35,7 +36,7 @@ app = typer.Typer(
 err = Console(stderr=True)
 
 # Errors a user can fix: one line, no traceback, a non-zero exit.
-USER_ERRORS = (ConfigError, TaxonomyError, StoreError, FatalLLMError)
+USER_ERRORS = (ConfigError, TaxonomyError, StoreError, FatalLLMError, RunFilesError)
 
 
 def _list(value: str | None) -> list[str] | None:
@@ -45,9 +46,11 @@ def _list(value: str | None) -> list[str] | None:
 @app.command()
 def generate(
     out: Annotated[
-        Path,
+        str,
         typer.Option(
-            "--out", "-o", help="Run directory (created if missing; an existing one is continued)."
+            "--out",
+            "-o",
+            help="Run directory (created if missing; an existing one is continued). With --engine ray also a URI such as s3://bucket/runs/big.",
         ),
     ],
     disciplines: Annotated[
@@ -150,6 +153,24 @@ def generate(
             help="Send questions and answers through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
         ),
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help='local: one process, everything in OUT/glan.db and OUT/instructions.jsonl. ray: questions and answers spread over a Ray cluster, pairs as Parquet in OUT/rows (pip install "glan\\[ray]"; docs in the README). \\[default: local]'
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --engine ray: the cluster to join ('auto' for the one this machine is in). \\[default: start Ray on this machine]"
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="With --engine ray: worker actors for questions, and as many for answers; --concurrency is split among each stage's. \\[default: 2]",
+        ),
+    ] = None,
     concurrency: Annotated[
         int | None, typer.Option(help="Requests in flight across all stages. \\[default: 64]")
     ] = None,
@@ -238,8 +259,17 @@ def _config(options: dict[str, Any]) -> GenerateConfig:
     options.pop("out", None)
     path = options.pop("config", None)
     options["disciplines"] = _list(options.get("disciplines"))
+    ray = {"address": options.pop("ray_address", None), "workers": options.pop("ray_workers", None)}
     # An unset switch must not override the config file: only True counts.
-    return GenerateConfig.load(path, **{k: (None if v is False else v) for k, v in options.items()})
+    config = GenerateConfig.load(
+        path, **{k: (None if v is False else v) for k, v in options.items()}
+    )
+    ray = {key: value for key, value in ray.items() if value is not None}
+    if ray:  # validated as if the config file had said it
+        values = config.model_dump(mode="json")
+        values["ray"].update(ray)
+        config = GenerateConfig.load(None, **values, api_key=config.api_key)
+    return config
 
 
 def _print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = False) -> None:
@@ -280,7 +310,9 @@ def _usd(value: float | None) -> str:
 
 
 @app.command()
-def status(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+def status(
+    run: Annotated[str, typer.Argument(help="A run directory (a Ray run's may be a URI).")],
+) -> None:
     """Per-stage counts (done, pending, failed), requests sent and tokens of a run."""
     try:
         result = api.status(run)
@@ -306,9 +338,7 @@ def _print_status(result: api.RunStatus) -> None:
         counts = (s.done, s.pending, s.failed, s.requests, s.tokens_in, s.tokens_out)
         table.add_row(name, *(f"{v:,}" for v in counts), f"{s.cost:,.2f}")
     Console().print(table)
-    print(
-        f"{result.rows:,} rows in {result.run_dir / 'instructions.jsonl'}, ${result.cost:,.2f} spent"
-    )
+    print(f"{result.rows:,} rows in {result.dataset}, ${result.cost:,.2f} spent")
     for kind, node_id, error in result.errors[:5]:
         print(f"failed {kind} {node_id}: {error}")
     if result.removed:

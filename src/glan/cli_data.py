@@ -20,7 +20,9 @@ from glan.config import ConfigError
 from glan.curation import REASONS, CurateConfig, CurationError, MissingExtraError, curate
 from glan.curation.runner import Progress as ProgressCallback
 from glan.export import ExportError, ExportResult, export
+from glan.ray_run import is_ray_run
 from glan.report import ReportError, report
+from glan.runfiles import RunFilesError
 from glan.store import DB_NAME, Store, StoreError
 
 USER_ERRORS = (
@@ -29,6 +31,7 @@ USER_ERRORS = (
     ExportError,
     ReportError,
     MissingExtraError,
+    RunFilesError,
     StoreError,
 )
 out = Console(highlight=False, soft_wrap=True)
@@ -208,7 +211,7 @@ def curate_command(
             language=language,
             language_confidence=language_confidence,
         )
-        _require_run(run)
+        _require_run(run, local_only="glan curate")
         with _progress(run) as progress:
             result = curate(run, config, progress=progress)
     table = Table(title=f"glan curate {run}")
@@ -380,7 +383,7 @@ def report_command(
 ) -> None:
     """glan report (REPORT_HELP says what it does)."""
     with _user_errors():
-        _require_run(run)
+        _require_run(run, local_only="glan report")
         path = report(run, out_file)
     out.print(f"wrote {path}")
 
@@ -388,9 +391,23 @@ def report_command(
 # -- shared -------------------------------------------------------------------------------------
 
 
-def _require_run(run: Path) -> None:
+def _require_run(run: Path, local_only: str | None = None) -> None:
+    """``run`` is a run directory; with ``local_only`` (the command), one the local engine made:
+    curation and the report read rows from glan.db, where a Ray run has none."""
     if not (run / DB_NAME).is_file():
         raise ConfigError(f"{run} is not a glan run directory (no {DB_NAME} in it)")
+    if local_only is None:
+        return
+    store = Store.open(run)
+    try:
+        ray = is_ray_run(store)
+    finally:
+        store.close()
+    if ray:
+        raise ConfigError(
+            f"{local_only} does not read Ray run directories yet, and {run} is one"
+            " (glan status and glan export do)"
+        )
 
 
 @contextmanager

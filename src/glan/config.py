@@ -58,6 +58,17 @@ class RateLimit(BaseModel):
     tpm: float | None = Field(default=None, gt=0)
 
 
+class RayOptions(BaseModel):
+    """How ``--engine ray`` spreads the wide stages (questions, answers) over a Ray cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = None  # None: start Ray on this machine; "auto": join the cluster
+    workers: int = Field(default=2, ge=1)  # actors per wide stage; --concurrency is split on them
+    worker_cpus: float = Field(default=0.5, gt=0)  # each actor waits on HTTP, so a share will do
+    journal_seconds: float = Field(default=5.0, gt=0)  # replies are written out this often
+
+
 class GenerateConfig(BaseModel):
     """Everything that decides what a run asks for. Same config and seed, same ids and prompts."""
 
@@ -86,6 +97,8 @@ class GenerateConfig(BaseModel):
     stages: Stages = Stages()
     prices: Path | None = None  # price table YAML; None: the bundled one
     # engine
+    engine: Literal["local", "ray"] = "local"
+    ray: RayOptions = RayOptions()
     concurrency: int = Field(default=64, ge=1)
     rpm: float | None = Field(default=None, gt=0)  # per model; None: learn from the provider
     tpm: float | None = Field(default=None, gt=0)

@@ -16,7 +16,8 @@ paper's GLAN-Test: 50 per discipline) takes, in each discipline, the N pairs who
 read in, and choosing needs N ids per discipline in memory, not the rows.
 
 Everything streams: rows are read twice from SQLite (once to choose the test split, once to write)
-and written in batches, so memory stays flat at a million rows.
+and written in batches, so memory stays flat at a million rows. A Ray run's rows are read the same
+way from its Parquet parts (rows/); it has no curation.
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import orjson
 
+from glan import ray_run
 from glan.curation.errors import require
-from glan.curation.results import CuratedRows
+from glan.curation.results import CuratedRows, CurationRun
+from glan.runfiles import RunLocation
 from glan.stages.answers import META_KEYS
 from glan.store import DB_NAME, Store
 
@@ -69,6 +72,22 @@ class ExportResult:
     @property
     def rows(self) -> int:
         return sum(self.splits.values())
+
+
+class Rows(Protocol):
+    """The pairs to export, iterable more than once: a ``CuratedRows`` (a local run) or a
+    ``ParquetRows`` (a Ray run)."""
+
+    @property
+    def curation(self) -> CurationRun | None: ...
+
+    @property
+    def removed(self) -> int: ...
+
+    @property
+    def uncurated(self) -> int: ...
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
 
 
 # -- layouts ------------------------------------------------------------------------------------
@@ -167,7 +186,7 @@ def _priority(seed: int, row_id: str) -> int:
 
 
 def choose_test(
-    rows: CuratedRows, per_discipline: int, seed: int
+    rows: Rows, per_discipline: int, seed: int
 ) -> tuple[set[str], Counter[str], Counter[str]]:
     """The ids of the test split, with pairs per discipline and test pairs per discipline."""
     heaps: dict[str, list[tuple[int, str]]] = {}
@@ -305,7 +324,11 @@ def export(
     store = Store.open(run_dir)
     scratch = target.parent / f".{target.name}.partial-{os.getpid()}"
     try:
-        rows = CuratedRows(store, use_curation=use_curation)
+        rows: Rows = (
+            ray_run.ParquetRows(RunLocation.of(str(run_dir)))
+            if ray_run.is_ray_run(store)
+            else CuratedRows(store, use_curation=use_curation)
+        )
         test_ids, totals, tested = choose_test(rows, test_per_discipline, seed)
         if not totals:
             raise ExportError(f"{run_dir} has no pairs to export")
@@ -389,7 +412,7 @@ def _install(scratch: Path, target: Path) -> None:
 
 
 def _write_splits(
-    rows: CuratedRows,
+    rows: Rows,
     directory: Path,
     layout: str,
     to: str,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -60,12 +62,34 @@ class PriceTable(BaseModel):
         return usd * self.batch_discount if batch else usd
 
 
+# (stage, model, batch, calls, tokens in, tokens out), as Store.usage gives it
+Usage = tuple[str, str, bool, int, int, int]
+
+
+@dataclass
+class StageSpend:
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+
+
+def spend_by_stage(
+    usage: Iterable[Usage], table: PriceTable | None = None
+) -> dict[str, StageSpend]:
+    """Calls, tokens and USD per stage of usage rows, from one store or several sources (a Ray
+    run's glan.db and its Parquet calls); models missing from the table count as free."""
+    table = table or PriceTable.load()
+    spent: dict[str, StageSpend] = {}
+    for stage, model, batch, calls, tokens_in, tokens_out in usage:
+        entry = spent.setdefault(stage, StageSpend())
+        entry.calls += calls
+        entry.tokens_in += tokens_in
+        entry.tokens_out += tokens_out
+        entry.cost += table.cost(model, tokens_in, tokens_out, batch) or 0.0
+    return spent
+
+
 def cost_by_stage(store: Store, table: PriceTable | None = None) -> dict[str, float]:
     """USD spent per stage so far; models missing from the table count as free."""
-    table = table or PriceTable.load()
-    spent: dict[str, float] = {}
-    for stage, model, batch, _calls, tokens_in, tokens_out in store.usage():
-        spent[stage] = spent.get(stage, 0.0) + (
-            table.cost(model, tokens_in, tokens_out, batch) or 0.0
-        )
-    return spent
+    return {stage: spend.cost for stage, spend in spend_by_stage(store.usage(), table).items()}

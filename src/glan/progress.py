@@ -55,14 +55,18 @@ class RunStats:
 
     def record(self, stage: str, model: str, response: ChatResponse) -> None:
         """A paid-for reply arrived."""
+        self.add_usage(
+            stage, model, response.prompt_tokens, response.completion_tokens, response.batch
+        )
+
+    def add_usage(
+        self, stage: str, model: str, tokens_in: int, tokens_out: int, batch: bool = False
+    ) -> None:
         stats = self.stages[stage]
         stats.requests += 1
-        stats.tokens_in += response.prompt_tokens
-        stats.tokens_out += response.completion_tokens
-        cost = self.prices.cost(
-            model, response.prompt_tokens, response.completion_tokens, response.batch
-        )
-        stats.cost += cost or 0.0
+        stats.tokens_in += tokens_in
+        stats.tokens_out += tokens_out
+        stats.cost += self.prices.cost(model, tokens_in, tokens_out, batch) or 0.0
 
     @property
     def cost(self) -> float:

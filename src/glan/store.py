@@ -271,25 +271,8 @@ class Store:
     def save_call(
         self, request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
     ) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO calls (key, node_id, stage, model, request, text,"
-            " finish_reason, prompt_tokens, completion_tokens, latency, batch, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                request.key,
-                node_id,
-                stage,
-                request.model,
-                request.packed(),
-                response.text,
-                response.finish_reason,
-                response.prompt_tokens,
-                response.completion_tokens,
-                response.latency,
-                response.batch,
-                time.time(),
-            ),
-        )
+        record = call_record(request, response, node_id=node_id, stage=stage)
+        self._write(_INSERT_CALL, record.values())
 
     def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
         """(stage, model, batch, calls, tokens in, tokens out) of every paid-for reply."""
@@ -448,6 +431,31 @@ class Store:
         )
 
 
+def call_record(
+    request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
+) -> dict[str, Any]:
+    """A paid-for reply as it is kept: a row of ``calls`` here, of a Ray run's calls/ parts."""
+    return {
+        "key": request.key,
+        "node_id": node_id,
+        "stage": stage,
+        "model": request.model,
+        "request": request.packed(),
+        "text": response.text,
+        "finish_reason": response.finish_reason,
+        "prompt_tokens": response.prompt_tokens,
+        "completion_tokens": response.completion_tokens,
+        "latency": response.latency,
+        "batch": response.batch,
+        "created_at": time.time(),
+    }
+
+
+_CALL_COLUMNS = (
+    "key, node_id, stage, model, request, text, finish_reason, prompt_tokens,"
+    " completion_tokens, latency, batch, created_at"
+)
+_INSERT_CALL = f"INSERT OR REPLACE INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 12)})"
 _COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempts"
 _NODE_SELECT = f"SELECT {_COLUMNS} FROM nodes"
 

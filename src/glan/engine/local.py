@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 from glan.config import GenerateConfig
+from glan.engine.attempt import attempt
 from glan.engine.teacher import Client, StoredTeacher
 from glan.llm.batch import ORIGIN
-from glan.llm.errors import FatalLLMError, LLMError
 from glan.output import JsonlOutput
 from glan.pipeline import KINDS, Pipeline
 from glan.progress import RunStats
 from glan.prompts import prompts_for
 from glan.stages import Stage
 from glan.store import NewNode, Node, Store
-
-log = logging.getLogger(__name__)
 
 TICK = 0.1  # seconds between commits of bookkeeping nobody waits for, output flushes, redraws
 BATCH = 256  # pending items read from the store at a time, per kind
@@ -43,12 +40,16 @@ class LocalEngine:
         config: GenerateConfig,
         store: Store,
         client: Client,
-        output: JsonlOutput,
+        output: JsonlOutput | None,
         stats: RunStats,
         display: Display,
         batch_clients: Mapping[str, Client] | None = None,
+        kinds: tuple[str, ...] = KINDS,
     ) -> None:
+        """``kinds``: the stages this engine runs (the Ray engine runs the narrow ones here);
+        children of other kinds are left to whoever runs those."""
         self.config = config
+        self.kinds = kinds
         self.store = store
         self.client = client
         self.batch_clients = dict(batch_clients or {})  # stage name -> its batch API client
@@ -57,9 +58,9 @@ class LocalEngine:
         self.display = display
         self.pipeline = Pipeline(config)
         self.prompts = prompts_for(config.prompts_dir)
-        self._queues: dict[str, deque[tuple[int, Node]]] = {kind: deque() for kind in KINDS}
-        self._cursor: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self._drained: dict[str, bool] = dict.fromkeys(KINDS, False)
+        self._queues: dict[str, deque[tuple[int, Node]]] = {kind: deque() for kind in kinds}
+        self._cursor: dict[str, int] = dict.fromkeys(kinds, 0)
+        self._drained: dict[str, bool] = dict.fromkeys(kinds, False)
         self._running: dict[asyncio.Task[None], str] = {}
         self._slot_free = asyncio.Event()
         self._error: BaseException | None = None
@@ -98,7 +99,7 @@ class LocalEngine:
     def _reexpand(self) -> None:
         for kind in ("discipline", "subject"):
             for node in self.store.nodes(kind, "done"):
-                self.store.add_nodes(self.pipeline.children(node))
+                self.store.add_nodes(self._children(node))
         for discipline in self.store.nodes("discipline", "done"):
             self._merge_if_complete(discipline.id)
 
@@ -118,7 +119,8 @@ class LocalEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await committer
             self.store.commit()
-            self.output.flush()
+            if self.output is not None:
+                self.output.flush()
             self.display.stop()
 
     async def _schedule(self) -> None:
@@ -156,9 +158,9 @@ class LocalEngine:
             False: len(self._running) - batched < self.config.concurrency,
             True: batched < self._batch_limit,
         }
-        order = KINDS
+        order = self.kinds
         if upstream_running < self._reserved:
-            order = UPSTREAM + tuple(k for k in KINDS if k not in UPSTREAM)
+            order = UPSTREAM + tuple(k for k in self.kinds if k not in UPSTREAM)
         for kind in order:
             if not room[kind in self._batched]:
                 continue
@@ -184,7 +186,8 @@ class LocalEngine:
             await asyncio.sleep(TICK)
             if self.store.dirty:
                 self.store.commit()
-                self.output.flush()
+                if self.output is not None:
+                    self.output.flush()
             self.display.refresh()
 
     # -- one item -----------------------------------------------------------------------------
@@ -204,34 +207,25 @@ class LocalEngine:
             self.prompts,
             fresh=fresh,
         )
-        try:
-            result = await stage.run(node, self._parent(node), teacher)
-        except FatalLLMError:
-            raise
-        except LLMError as error:
-            self._fail(node, stats, str(error))
+        outcome = await attempt(stage, node, self._parent(node), teacher)
+        if outcome.error is not None:
+            self.store.fail(node, outcome.error)
+            stats.failed += 1
             return
-        except Exception as error:  # a bug in a stage must not take the whole run down
-            log.exception("stage %s failed on %s", stage.name, node.id)
-            self._fail(node, stats, f"internal error: {error.__class__.__name__}: {error}")
-            return
-        stored = self.store.finish(node, result, output=stage.output)
-        done = node.done(result)
-        children = self.pipeline.children(done)
+        stored = self.store.finish(node, outcome.result, output=stage.output)
+        done = node.done(outcome.result)
+        children = self._children(done)
         if children:
             self._remember_parent(done)  # its children are about to ask for it
         self._add(children)
         if stage.kind == "subject_query" and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
-        if stage.output:
-            self.store.after_commit(lambda: self.output.write_json(stored))
+        if stage.output and self.output is not None:
+            output = self.output
+            self.store.after_commit(lambda: output.write_json(stored))
         # No need to wait for this commit: children are read from the same connection, and
         # after a crash the node is rebuilt for free from its committed calls.
         stats.done += 1
-
-    def _fail(self, node: Node, stats: Any, error: str) -> None:
-        self.store.fail(node, error)
-        stats.failed += 1
 
     def _merge_if_complete(self, discipline_id: str) -> None:
         queries = self.store.children(discipline_id, kind="subject_query")
@@ -239,6 +233,9 @@ class LocalEngine:
             discipline = self.store.get(discipline_id)
             assert discipline is not None
             self._add(self.pipeline.subjects.merge(discipline, queries))
+
+    def _children(self, node: Node) -> list[NewNode]:
+        return [child for child in self.pipeline.children(node) if child.kind in self.kinds]
 
     def _add(self, nodes: list[NewNode]) -> None:
         for kind in dict.fromkeys(n.kind for n in nodes):

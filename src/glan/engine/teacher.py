@@ -13,13 +13,25 @@ from glan.llm.structured import json_schema_of, parse_reply
 from glan.llm.types import ChatRequest, ChatResponse
 from glan.prompts import Prompts, prompts_for
 from glan.stages.base import assistant, user
-from glan.store import Node, Store
+from glan.store import Node
 
 M = TypeVar("M", bound=BaseModel)
 
 
 class Client(Protocol):
     async def complete(self, request: ChatRequest) -> ChatResponse: ...
+
+
+class Replies(Protocol):
+    """Where paid-for replies are kept: the run's store, or a Ray worker's call journal."""
+
+    def cached_call(self, key: str) -> ChatResponse | None: ...
+
+    def save_call(
+        self, request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
+    ) -> None: ...
+
+    async def durable(self) -> None: ...
 
 
 class Usage(Protocol):
@@ -37,7 +49,7 @@ class StoredTeacher:
 
     def __init__(
         self,
-        store: Store,
+        store: Replies,
         client: Client,
         usage: Usage,
         node: Node,

@@ -11,7 +11,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -22,6 +22,7 @@ from glan.llm.errors import FatalLLMError, RequestFailed
 from glan.llm.limits import (
     AdaptiveConcurrency,
     Clock,
+    Limiter,
     RateLimiter,
     Sleep,
     estimate_tokens,
@@ -79,11 +80,13 @@ class OpenAIClient:
         structured: StructuredMode = "auto",
         max_connections: int = 256,
         limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+        limiter_for: Callable[[str], Limiter] | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         """``limits`` maps a model (or ``"*"`` for every other model) to (RPM, TPM); models
-        without a limit learn one from the provider's ``x-ratelimit-*`` headers."""
+        without a limit learn one from the provider's ``x-ratelimit-*`` headers.
+        ``limiter_for`` replaces these per-process limiters (a cluster shares one per model)."""
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url = base_url
         self.retry = retry or RetryPolicy()
@@ -96,7 +99,8 @@ class OpenAIClient:
         self._session: aiohttp.ClientSession | None = None
         self._reached = False  # a reply ever came back: later connection errors are transient
         self._limits = dict(limits or {})
-        self._limiters: dict[str, RateLimiter] = {}
+        self._limiters: dict[str, Limiter] = {}
+        self._limiter_for = limiter_for
         self._clock, self._sleep = clock, sleep
         self.concurrency = AdaptiveConcurrency(max_connections)
         self.requests_sent = 0
@@ -109,6 +113,7 @@ class OpenAIClient:
         base_url: str,
         api_key: str | None,
         limits: Mapping[str, tuple[float | None, float | None]] | None = None,
+        limiter_for: Callable[[str], Limiter] | None = None,
     ) -> OpenAIClient:
         """A client as a run's (or a taxonomy build's) settings describe it."""
         return cls(
@@ -121,6 +126,7 @@ class OpenAIClient:
             structured=settings.structured_output,
             max_connections=settings.concurrency,
             limits=limits,
+            limiter_for=limiter_for,
         )
 
     async def __aenter__(self) -> OpenAIClient:
@@ -212,11 +218,14 @@ class OpenAIClient:
             raise RequestFailed(f"HTTP {status}: {message}")
         return f"HTTP {status}: {message}", _retry_after(headers)
 
-    def limiter(self, model: str) -> RateLimiter:
+    def limiter(self, model: str) -> Limiter:
         limiter = self._limiters.get(model)
         if limiter is None:
-            rpm, tpm = self._limits.get(model) or self._limits.get("*") or (None, None)
-            limiter = RateLimiter(rpm, tpm, clock=self._clock, sleep=self._sleep)
+            if self._limiter_for is not None:
+                limiter = self._limiter_for(model)
+            else:
+                rpm, tpm = self._limits.get(model) or self._limits.get("*") or (None, None)
+                limiter = RateLimiter(rpm, tpm, clock=self._clock, sleep=self._sleep)
             self._limiters[model] = limiter
         return limiter
 

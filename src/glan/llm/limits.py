@@ -12,7 +12,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
@@ -45,6 +45,19 @@ class TokenBucket:
     def take(self, amount: float) -> None:
         self._refill()
         self.level -= amount
+
+
+class Limiter(Protocol):
+    """What the client asks of a model's limiter: ``RateLimiter`` in one process, a proxy of the
+    Ray engine's meter actor across a cluster."""
+
+    async def acquire(self, tokens: int) -> None: ...
+
+    def settle(self, estimated: int, actual: int) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...
+
+    def learn(self, headers: Mapping[str, str]) -> None: ...
 
 
 class RateLimiter:

@@ -561,6 +561,7 @@ class FakeTeacher:
         self.timeout_sleep = timeout_sleep
         self.record = record
         self._bodies: list[dict[str, Any]] = []
+        self._arrivals: list[float] = []  # time.monotonic() of each recorded request
         self._scripts: list[_Script] = []
         self._rates: _Rates | None = None
         self._always: dict[str, Fault] = {}
@@ -698,6 +699,12 @@ class FakeTeacher:
             return list(self._bodies)
 
     @property
+    def arrivals(self) -> list[tuple[float, dict[str, Any]]]:
+        """(time.monotonic() on arrival, body) of each recorded request, in arrival order."""
+        with self._lock:
+            return list(zip(self._arrivals, self._bodies, strict=True))
+
+    @property
     def request_count(self) -> int:
         with self._lock:
             return len(self._bodies)
@@ -711,6 +718,7 @@ class FakeTeacher:
         rules; settings stay."""
         with self._lock:
             self._bodies.clear()
+            self._arrivals.clear()
             self._scripts.clear()
             self._rates = None
             self._always.clear()
@@ -759,6 +767,7 @@ class FakeTeacher:
         if self.record:
             with self._lock:
                 self._bodies.append(body)
+                self._arrivals.append(time.monotonic())
         settings = self._settings()
         if not _authorized(request, settings.api_key):
             return _unauthorized()

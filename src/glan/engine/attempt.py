@@ -1,0 +1,34 @@
+"""One stage's work on one item, as every engine runs it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from glan.llm.errors import FatalLLMError, LLMError
+from glan.stages import Stage
+from glan.stages.base import Teacher
+from glan.store import Node
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: Any = None
+    error: str | None = None  # why the item failed; it is recorded and retried by the next run
+
+
+async def attempt(stage: Stage, node: Node, parent: Node, teacher: Teacher) -> Outcome:
+    """The item's result, or why it failed. What no retry can fix (a bad key, an unreachable
+    server: FatalLLMError) is raised, as the whole run must stop."""
+    try:
+        return Outcome(result=await stage.run(node, parent, teacher))
+    except FatalLLMError:
+        raise
+    except LLMError as error:
+        return Outcome(error=str(error))
+    except Exception as error:  # a bug in a stage must not take the whole run down
+        log.exception("stage %s failed on %s", stage.name, node.id)
+        return Outcome(error=f"internal error: {error.__class__.__name__}: {error}")

@@ -1,0 +1,263 @@
+"""The Ray engine: the narrow stages on the driver, the wide ones as a Ray Data pipeline.
+
+Subjects and syllabi are a few thousand calls: the driver runs them with the local engine, into
+glan.db. Questions and answers are millions: finished syllabi become a dataset that streams
+through spec sampling (tasks), then a question pool and an answer pool of ``StageWorker`` actors,
+and lands as Parquet parts in OUT/rows. Resuming reads which pairs are written (their ids and
+question ids), and the stored replies of the items that are not, and starts again from there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from glan.config import GenerateConfig
+from glan.engine.local import UPSTREAM, Display, LocalEngine
+from glan.engine.ray_workers import Meter, StageWorker, dump_node, expand_specs
+from glan.engine.teacher import Client
+from glan.llm.errors import FatalLLMError
+from glan.llm.types import ChatResponse
+from glan.progress import RunStats
+from glan.ray_run import ENGINE_META, contains, failures, keys_of
+from glan.runfiles import CALLS, ROWS, RunFilesError, RunLocation
+from glan.store import NewNode, Store
+
+POLL = 0.5  # seconds between progress updates from the meter
+
+
+class RayEngine:
+    def __init__(
+        self,
+        config: GenerateConfig,
+        store: Store,
+        location: RunLocation,
+        client: Client,
+        endpoint: tuple[str, str | None],
+        stats: RunStats,
+        display: Display,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.location = location
+        self.endpoint = endpoint
+        self.stats = stats
+        self.display = display
+        self.narrow = LocalEngine(
+            config, store, client, None, stats, _Refreshing(display), kinds=UPSTREAM
+        )
+        self.roots: set[str] = set()
+
+    def prepare(self, roots: list[NewNode]) -> None:
+        self.store.set_meta(ENGINE_META, "ray")
+        self.roots = {node.id for node in roots if node.kind == "discipline"}
+        self.narrow.prepare(roots)
+
+    async def run(self) -> None:
+        self.display.start()
+        try:
+            await self.narrow.run()
+            await self._wide()
+        finally:
+            self.display.stop()
+
+    async def _wide(self) -> None:
+        import ray
+
+        subjects = [
+            {"node": dump}
+            for dump in (
+                dump_node(node)
+                for node in self.store.nodes("subject", "done")
+                if node.root in self.roots
+            )
+        ]
+        self.store.commit()
+        done = finished_keys(self.location)
+        failed = failures(self.location, done)
+        attempts = {item.id: item.attempts for item in failed.values()}
+        stored = stored_replies(self.location, done)
+        written = len(done) // 2  # each written pair adds its own key and its question's
+        total = len(subjects) * self.config.questions_per_syllabus
+        for name in ("question", "answer"):
+            self.stats.stages[name].total = total
+        if not subjects:
+            return
+        _start_ray(self.config.ray.address)
+        meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices)
+        dataset = self._dataset(subjects, done, attempts, stored, meter)
+        before = dict.fromkeys(("question", "answer"), written)
+        poller = asyncio.create_task(self._poll(meter, before))
+        try:
+            await asyncio.to_thread(self._write, dataset)
+        except Exception as error:
+            reason = None
+            with contextlib.suppress(Exception):
+                reason = await meter.stop_reason.remote()
+            raise _user_error(error, reason) from None
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            with contextlib.suppress(Exception):
+                self._update(await meter.snapshot.remote(), before)
+
+    def _dataset(
+        self,
+        subjects: list[dict[str, str]],
+        done: np.ndarray,
+        attempts: dict[str, int],
+        stored: dict[str, ChatResponse],
+        meter: Any,
+    ) -> Any:
+        import ray.data
+        from ray.data import ActorPoolStrategy
+
+        options = self.config.ray
+        per_worker = max(1, math.ceil(self.config.concurrency / options.workers))
+        # A block is one task of a pool: enough of them for every worker to have several, few
+        # enough (8 syllabi, some 80 questions, each) that tasks cost nothing next to the calls.
+        blocks = min(len(subjects), max(4 * options.workers, len(subjects) // 8))
+        dataset = ray.data.from_items(subjects, override_num_blocks=blocks).map_batches(
+            expand_specs,
+            batch_format="pyarrow",
+            fn_kwargs={"config": self.config, "done": done, "attempts": attempts},
+        )
+        for stage in ("question", "answer"):
+            dataset = dataset.map_batches(
+                StageWorker,
+                batch_format="pyarrow",
+                batch_size=per_worker,
+                compute=ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=4),
+                num_cpus=options.worker_cpus,
+                fn_constructor_kwargs={
+                    "stage": stage,
+                    "config": self.config,
+                    "base_url": self.endpoint[0],
+                    "api_key": self.endpoint[1],
+                    "run": self.location.uri,
+                    "stored": stored,
+                    "attempts": attempts,
+                    "meter": meter,
+                    "concurrency": per_worker,
+                },
+            )
+        return dataset
+
+    def _write(self, dataset: Any) -> None:
+        self.location.fs.create_dir(self.location.path(ROWS), recursive=True)
+        dataset.write_parquet(
+            self.location.path(ROWS),
+            filesystem=self.location.fs,
+            min_rows_per_file=ROWS_PER_FILE,
+            compression="zstd",
+        )
+
+    async def _poll(self, meter: Any, before: dict[str, int]) -> None:
+        while True:
+            await asyncio.sleep(POLL)
+            with contextlib.suppress(Exception):  # a slow meter must not stop the run
+                self._update(await meter.snapshot.remote(), before)
+            self.display.refresh()
+
+    def _update(self, snapshot: dict[str, Any], before: dict[str, int]) -> None:
+        for name, counted in snapshot.items():
+            stats = self.stats.stages[name]
+            if name in before:
+                stats.done = before[name] + counted.done
+                stats.failed = counted.failed
+            stats.requests = counted.requests
+            stats.tokens_in, stats.tokens_out = counted.tokens_in, counted.tokens_out
+            stats.cost = counted.cost
+
+
+ROWS_PER_FILE = 10_000  # pairs per Parquet part; their replies are in calls/ meanwhile
+
+
+class _Refreshing:
+    """The display as the narrow phase sees it: the Ray engine starts and stops it."""
+
+    def __init__(self, display: Display) -> None:
+        self.display = display
+
+    def start(self) -> None:
+        pass
+
+    def refresh(self) -> None:
+        self.display.refresh()
+
+    def stop(self) -> None:
+        pass
+
+
+def finished_keys(location: RunLocation) -> np.ndarray:
+    """Keys (``node_key``) of every written pair and of its question, sorted: a question whose
+    pair is written is not asked again, nor are the replies of either kept in memory."""
+    keys: list[np.ndarray] = []
+    for batch in location.read(ROWS, ["id", "meta.question_id"]):
+        keys.append(keys_of(batch.column("id")))
+        keys.append(keys_of(pc.struct_field(batch.column("meta"), "question_id")))
+    return np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype=np.uint64)
+
+
+_REPLY_COLUMNS = [
+    "key",
+    "text",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency",
+    "model",
+    "batch",
+]
+
+
+def stored_replies(location: RunLocation, done: np.ndarray) -> dict[str, ChatResponse]:
+    """The replies in calls/ of items whose pair is not written yet: what a killed job had paid
+    for. A part's other columns are read only when some of its node ids are unfinished."""
+    replies: dict[str, ChatResponse] = {}
+    for path in location.parts(CALLS):
+        for batch in location.read_part(path, ["node_id", *_REPLY_COLUMNS]):
+            unfinished = ~contains(done, keys_of(batch.column("node_id")))
+            if not unfinished.any():
+                continue
+            for row in batch.filter(pa.array(unfinished)).to_pylist():
+                key = row.pop("key")
+                del row["node_id"]
+                replies[key] = ChatResponse(**row, cached=True)
+    return replies
+
+
+def _start_ray(address: str | None) -> None:
+    import ray
+    from ray.data import DataContext
+
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+    # glan's display shows the stages, and what stops a job reaches the user as its exception:
+    # Ray Data's bars, and its logs of the same exception with Ray's traceback, would be noise.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    DataContext.get_current().enable_progress_bars = False
+
+
+def _user_error(error: BaseException, reason: tuple[str, str] | None) -> BaseException:
+    """What stopped the job, as the user should see it: the error a worker reported to the meter
+    when it is one a user can fix (Ray does not carry a worker's exception over intact)."""
+    if reason is not None:
+        kind, message = reason
+        for known in (FatalLLMError, RunFilesError):
+            if known.__name__ == kind:
+                return known(message)
+    return error

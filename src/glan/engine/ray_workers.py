@@ -1,0 +1,236 @@
+"""What runs inside the Ray cluster: the meter actor, the wide stages' workers, the spec sampler.
+
+Nothing here decides what to ask: each worker runs a ``Stage`` of ``glan.pipeline`` through a
+``StoredTeacher``, exactly as the local engine does; only where replies are kept (a
+``CallJournal``) and whose limiter is asked (the one ``Meter``) differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from glan.config import GenerateConfig
+from glan.engine.attempt import attempt
+from glan.engine.journal import CallJournal
+from glan.engine.teacher import StoredTeacher
+from glan.llm.client import OpenAIClient
+from glan.llm.errors import FatalLLMError
+from glan.llm.limits import RateLimiter
+from glan.llm.types import ChatResponse
+from glan.pipeline import Pipeline
+from glan.pricing import PriceTable
+from glan.progress import RunStats, StageStats
+from glan.prompts import prompts_for
+from glan.ray_run import contains
+from glan.runfiles import RunFilesError, RunLocation, node_key, row_schema
+from glan.store import NewNode, Node
+
+# Between the wide stages an item travels as its node and its parent, both JSON.
+ITEM_SCHEMA = pa.schema([("node", pa.string()), ("parent", pa.string())])
+
+
+def dump_node(node: Node | NewNode) -> str:
+    return orjson.dumps(dataclasses.asdict(node)).decode()
+
+
+def load_node(text: str, attempts: Mapping[str, int]) -> Node:
+    """A node, with how often earlier runs failed it (its teacher then asks anew)."""
+    node = Node(**orjson.loads(text))
+    failed = attempts.get(node.id)
+    return dataclasses.replace(node, attempts=failed) if failed else node
+
+
+class Meter:
+    """One actor per job: the cluster's rate limiter of each model (so the workers together keep
+    to --rpm/--tpm) and the running totals the driver shows."""
+
+    def __init__(
+        self, limits: Mapping[str, tuple[float | None, float | None]], prices: PriceTable
+    ) -> None:
+        self.limits = dict(limits)
+        self.limiters: dict[str, RateLimiter] = {}
+        self.stats = RunStats(prices=prices)
+        self.reason: tuple[str, str] | None = None
+
+    def _limiter(self, model: str) -> RateLimiter:
+        limiter = self.limiters.get(model)
+        if limiter is None:
+            rpm, tpm = self.limits.get(model) or self.limits.get("*") or (None, None)
+            limiter = self.limiters[model] = RateLimiter(rpm, tpm)
+        return limiter
+
+    async def acquire(self, model: str, tokens: int) -> None:
+        await self._limiter(model).acquire(tokens)
+
+    def settle(self, model: str, estimated: int, actual: int) -> None:
+        self._limiter(model).settle(estimated, actual)
+
+    def pause(self, model: str, seconds: float) -> None:
+        self._limiter(model).pause(seconds)
+
+    def learn(self, model: str, headers: dict[str, str]) -> None:
+        self._limiter(model).learn(headers)
+
+    def used(self, stage: str, model: str, tokens_in: int, tokens_out: int, batch: bool) -> None:
+        self.stats.add_usage(stage, model, tokens_in, tokens_out, batch)
+
+    def finished(self, stage: str, done: int, failed: int) -> None:
+        self.stats.stages[stage].done += done
+        self.stats.stages[stage].failed += failed
+
+    def snapshot(self) -> dict[str, StageStats]:
+        return self.stats.stages
+
+    def stopping(self, kind: str, message: str) -> None:
+        """A worker stops the job with an error the user must fix (the first one is kept)."""
+        self.reason = self.reason or (kind, message)
+
+    def stop_reason(self) -> tuple[str, str] | None:
+        return self.reason
+
+
+class SharedLimiter:
+    """A worker's stand-in for the meter's limiter of one model. Only ``acquire`` waits for an
+    answer; the rest are sent and forgotten."""
+
+    def __init__(self, meter: Any, model: str) -> None:
+        self.meter = meter
+        self.model = model
+
+    async def acquire(self, tokens: int) -> None:
+        await self.meter.acquire.remote(self.model, tokens)
+
+    def settle(self, estimated: int, actual: int) -> None:
+        if actual != estimated:
+            self.meter.settle.remote(self.model, estimated, actual)
+
+    def pause(self, seconds: float) -> None:
+        self.meter.pause.remote(self.model, seconds)
+
+    def learn(self, headers: Mapping[str, str]) -> None:
+        limits = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
+        if limits:
+            self.meter.learn.remote(self.model, limits)
+
+
+class _MeteredUsage:
+    def __init__(self, meter: Any) -> None:
+        self.meter = meter
+
+    def record(self, stage: str, model: str, response: ChatResponse) -> None:
+        self.meter.used.remote(
+            stage, model, response.prompt_tokens, response.completion_tokens, response.batch
+        )
+
+
+def expand_specs(
+    batch: pa.Table, config: GenerateConfig, done: np.ndarray, attempts: Mapping[str, int]
+) -> pa.Table:
+    """Finished syllabi -> their question items, less the questions whose pair is written."""
+    pipeline = Pipeline(config)
+    items = []
+    for text in batch.column("node").to_pylist():
+        questions = pipeline.children(load_node(text, {}))
+        written = contains(done, np.fromiter((node_key(q.id) for q in questions), np.uint64))
+        for question, skip in zip(questions, written, strict=True):
+            if not skip:
+                node = load_node(dump_node(question), attempts)
+                items.append({"node": dump_node(node), "parent": text})
+    return pa.Table.from_pylist(items, schema=ITEM_SCHEMA)
+
+
+class StageWorker:
+    """An actor of a wide stage's pool. Every item of a batch runs at once; the client holds the
+    worker's share of --concurrency. Questions hand on their answer items, answers the rows."""
+
+    def __init__(
+        self,
+        stage: str,
+        config: GenerateConfig,
+        base_url: str,
+        api_key: str | None,
+        run: str,
+        stored: Mapping[str, ChatResponse],
+        attempts: Mapping[str, int],
+        meter: Any,
+        concurrency: int,
+    ) -> None:
+        self.config = config.model_copy(update={"concurrency": concurrency})
+        self.stage = Pipeline(config).stages[stage]
+        self.schema = row_schema() if self.stage.output else ITEM_SCHEMA
+        self.endpoint = (base_url, api_key)
+        self.attempts = attempts
+        self.meter = meter
+        self.usage = _MeteredUsage(meter)
+        self.prompts = prompts_for(config.prompts_dir)
+        self.journal = CallJournal(RunLocation.of(run), stored, config.ray.journal_seconds)
+        self.client: OpenAIClient | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self.client is None:  # aiohttp wants the actor's running loop
+            self.loop = asyncio.get_running_loop()
+            self.client = OpenAIClient.for_settings(
+                self.config,
+                *self.endpoint,
+                limiter_for=lambda model: SharedLimiter(self.meter, model),
+            )
+            await self.client.__aenter__()
+        try:
+            outputs = await asyncio.gather(
+                *(self._one(text, parent) for text, parent in _items(batch))
+            )
+        except BaseException as error:
+            self.journal.flush()  # keep what was paid for, whatever stops the job
+            if isinstance(error, FatalLLMError | RunFilesError):
+                await self.meter.stopping.remote(type(error).__name__, str(error))
+            raise
+        await self.journal.flushed()
+        rows = [row for output in outputs if output is not None for row in output]
+        failed = outputs.count(None)
+        self.meter.finished.remote(self.stage.name, len(outputs) - failed, failed)
+        return pa.Table.from_pylist(rows, schema=self.schema)
+
+    async def _one(self, text: str, parent_text: str) -> list[dict[str, Any]] | None:
+        """The rows this item hands on; None when it failed (recorded in the journal)."""
+        assert self.client is not None
+        node = load_node(text, self.attempts)
+        teacher = StoredTeacher(
+            self.journal,
+            self.client,
+            self.usage,
+            node,
+            self.stage.name,
+            self.config.repair_attempts,
+            self.prompts,
+        )
+        outcome = await attempt(self.stage, node, load_node(parent_text, {}), teacher)
+        if outcome.error is not None:
+            self.journal.fail(node, outcome.error)
+            return None
+        if self.stage.output:
+            return [outcome.result]
+        done = node.done(outcome.result)
+        parent = dump_node(done)
+        return [{"node": dump_node(child), "parent": parent} for child in self.stage.expand(done)]
+
+    def __del__(self) -> None:
+        # Ray Data calls this when the pool shuts down after the last batch, outside the loop
+        # the batches ran in (which still runs, in its own thread).
+        self.journal.flush()
+        if self.client is not None and self.loop is not None and self.loop.is_running():
+            closing = asyncio.run_coroutine_threadsafe(self.client.__aexit__(), self.loop)
+            with contextlib.suppress(Exception):
+                closing.result(timeout=5)
+
+
+def _items(batch: pa.Table) -> zip[tuple[str, str]]:
+    return zip(batch.column("node").to_pylist(), batch.column("parent").to_pylist(), strict=True)
