@@ -45,6 +45,19 @@ def ray_config(make_config: Any, **overrides: Any) -> Any:
     return make_config(engine="ray", ray={**RAY, **overrides.pop("ray", {})}, **overrides)
 
 
+def write_config(config: Any, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+def generate_args(settings: Path, out: Path, cluster: str, api_key: str = API_KEY) -> list[str]:
+    """``glan generate`` joining the test's Ray cluster, as a driver joins a real one."""
+    return [
+        "generate", "--config", str(settings), "--out", str(out), "--api-key", api_key,
+        "--ray-address", cluster, "--progress", "log",
+    ]  # fmt: skip
+
+
 def parquet_rows(run: Path) -> list[dict[str, Any]]:
     location = RunLocation.of(str(run))
     return [row for batch in location.read(ROWS) for row in batch.to_pylist()]
@@ -134,18 +147,11 @@ def test_a_killed_job_resends_only_what_had_no_stored_reply(
     cluster, tmp_path, teacher, make_config
 ):
     config = ray_config(make_config, questions_per_syllabus=8)
-    settings = tmp_path / "config.yaml"
-    settings.write_text(
-        yaml.safe_dump(config.model_dump(mode="json", exclude={"ray": {"address"}}))
-    )
+    settings = write_config(config, tmp_path / "config.yaml")
     run = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "glan", "generate", "--config", str(settings), "--out", str(run),
-        "--api-key", API_KEY, "--ray-address", cluster, "--progress", "log",
-    ]  # fmt: skip
     teacher.latency = 0.3
     driver = subprocess.Popen(
-        command,
+        [sys.executable, "-m", "glan", *generate_args(settings, run, cluster)],
         env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -179,15 +185,9 @@ def test_a_rejected_key_in_the_workers_stops_the_job_with_one_line(
 ):
     # Subjects and syllabi first, so the next run's first requests come from the workers.
     api.generate(ray_config(make_config, questions_per_syllabus=0), tmp_path, progress="none")
-    settings = tmp_path / "config.yaml"
     config = ray_config(make_config, questions_per_syllabus=2)
-    settings.write_text(
-        yaml.safe_dump(config.model_dump(mode="json", exclude={"ray": {"address"}}))
-    )
-    result = cli(
-        "generate", "--config", str(settings), "--out", str(tmp_path), "--api-key", "sk-wrong",
-        "--ray-address", cluster, "--progress", "none",
-    )  # fmt: skip
+    settings = write_config(config, tmp_path / "config.yaml")
+    result = cli(*generate_args(settings, tmp_path, cluster, api_key="sk-wrong"))
     assert result.returncode == 1
     assert "rejected the API key" in result.stderr
     assert "Traceback" not in result.stderr
@@ -201,3 +201,30 @@ def test_parquet_parts_hold_the_row_schema(cluster, tmp_path, teacher, make_conf
 
     for path in RunLocation.of(str(tmp_path)).parts(ROWS):
         assert pq.read_schema(path).remove_metadata().equals(row_schema())
+
+
+def test_ctrl_c_stops_the_job_and_its_workers(cluster, tmp_path, teacher, make_config):
+    config = ray_config(make_config, questions_per_syllabus=30)
+    settings = write_config(config, tmp_path / "config.yaml")
+    teacher.latency = 0.2
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "glan", *generate_args(settings, tmp_path, cluster)],
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 90
+    while teacher.count_matching("teacher-small") < 5:  # answers are under way
+        assert driver.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=30)
+    assert driver.returncode == 130, stderr
+    assert "stopped;" in stderr and "Traceback" not in stderr
+    # The job's workers went with their driver: nothing more is asked.
+    time.sleep(2)
+    settled = teacher.request_count
+    time.sleep(1)
+    assert teacher.request_count == settled
+    assert teacher.request_count < 8 + 2 * 120

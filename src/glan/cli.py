@@ -199,6 +199,7 @@ def generate(
     options = dict(locals())
     _logging(options.pop("verbose"))
     mode = options.pop("progress")
+    settings: GenerateConfig | None = None
     try:
         if mode not in ("auto", "live", "log", "none"):
             raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
@@ -206,9 +207,10 @@ def generate(
         _print_plan(api.plan(settings), brief=True, batched=settings.batch)
         result = api.generate(settings, out, progress=mode)
     except KeyboardInterrupt:
-        err.print(
-            f"stopped; everything received is stored. Run the same command to continue ({out})."
-        )
+        kept = "everything received is stored"
+        if settings is not None and settings.engine == "ray":  # workers write every few seconds
+            kept = "everything received up to the workers' last write (a few seconds) is stored"
+        err.print(f"stopped; {kept}. Run the same command to continue ({out}).")
         raise typer.Exit(130) from None
     except USER_ERRORS as error:
         _fail(str(error))

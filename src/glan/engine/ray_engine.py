@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,12 @@ class RayEngine:
         before = dict.fromkeys(("question", "answer"), written)
         poller = asyncio.create_task(self._poll(meter, before))
         try:
-            await asyncio.to_thread(self._write, dataset)
+            await _in_daemon_thread(self._write, dataset)
+        except asyncio.CancelledError:
+            # Ctrl-C: ending this driver's Ray session stops the job's actors and tasks, which
+            # also ends the thread that waits on them.
+            ray.shutdown()
+            raise
         except Exception as error:
             reason = None
             with contextlib.suppress(Exception):
@@ -181,6 +187,32 @@ class RayEngine:
 ROWS_PER_FILE = 10_000  # pairs per Parquet part; their replies are in calls/ meanwhile
 
 
+async def _in_daemon_thread(function: Any, *args: Any) -> None:
+    """``asyncio.to_thread``, in a thread the interpreter does not wait for at exit: after
+    Ctrl-C, Ray's executor can take many seconds to notice its session is gone."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if not finished.done():
+            if error is None:
+                finished.set_result(None)
+            else:
+                finished.set_exception(error)
+
+    def run() -> None:
+        error = None
+        try:
+            function(*args)
+        except BaseException as raised:
+            error = raised
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="glan-ray-job", daemon=True).start()
+    await finished
+
+
 class _Refreshing:
     """The display as the narrow phase sees it: the Ray engine starts and stops it."""
 
@@ -239,6 +271,12 @@ def _start_ray(address: str | None) -> None:
     import ray
     from ray.data import DataContext
 
+    # Ray starts itself on first use; after Ctrl-C has shut it down, the thread still waiting on
+    # the job would start a new one and carry on asking. (The switch is read at import.)
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray._private import auto_init_hook
+
+        auto_init_hook.enable_auto_connect = False
     if not ray.is_initialized():
         ray.init(
             address=address,
