@@ -59,8 +59,11 @@ def generate_args(settings: Path, out: Path, cluster: str, api_key: str = API_KE
 
 
 def parquet_rows(run: Path) -> list[dict[str, Any]]:
-    location = RunLocation.of(str(run))
-    return [row for batch in location.read(ROWS) for row in batch.to_pylist()]
+    return parquet_rows_at(str(run))
+
+
+def parquet_rows_at(run: str) -> list[dict[str, Any]]:
+    return [row for batch in RunLocation.of(run).read(ROWS) for row in batch.to_pylist()]
 
 
 def test_ray_and_local_engines_make_the_same_rows(cluster, tmp_path, teacher, make_config):
@@ -228,3 +231,37 @@ def test_ctrl_c_stops_the_job_and_its_workers(cluster, tmp_path, teacher, make_c
     time.sleep(1)
     assert teacher.request_count == settled
     assert teacher.request_count < 8 + 2 * 120
+
+
+@pytest.fixture
+def bucket() -> Any:
+    """An S3 endpoint on 127.0.0.1 (moto), with a bucket, as a URI pyarrow opens."""
+    from moto.server import ThreadedMotoServer
+    from pyarrow import fs
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    s3 = fs.FileSystem.from_uri(f"s3://key:secret@bucket?{options}&allow_bucket_creation=true")
+    s3[0].create_dir("bucket")
+    yield lambda path: f"s3://key:secret@bucket/{path}?{options}"
+    server.stop()
+
+
+def test_a_run_in_an_object_store(cluster, tmp_path, teacher, make_config, bucket, monkeypatch):
+    run = bucket("runs/big")
+    monkeypatch.setenv("GLAN_STATE", str(tmp_path / "driver"))
+    result = api.generate(ray_config(make_config), run, progress="none")
+    assert result.complete and result.rows == 12
+    assert result.dataset == "s3://bucket/runs/big/rows"  # no credentials shown
+    sent = teacher.request_count
+
+    # Another machine, with nothing of the run on its disk, reads it all from the bucket.
+    monkeypatch.setenv("GLAN_STATE", str(tmp_path / "elsewhere"))
+    assert api.status(run).rows == 12
+    assert export(run, out=tmp_path / "export").rows == 12
+    rows = {row["id"] for row in parquet_rows_at(run)}
+    again = api.generate(ray_config(make_config), run, progress="none")
+    assert again.rows == 12 and teacher.request_count == sent  # and resumes it for free
+    assert {row["id"] for row in parquet_rows_at(run)} == rows

@@ -20,7 +20,7 @@ from glan.pipeline import Pipeline
 from glan.pricing import PriceTable, StageSpend, spend_by_stage
 from glan.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
 from glan.prompts import prompts_for
-from glan.runfiles import ROWS, RunLocation, StateDir
+from glan.runfiles import ROWS, RunLocation, StateDir, store_dir
 from glan.store import DB_NAME, Store
 from glan.taxonomy import Taxonomy
 
@@ -161,8 +161,7 @@ def status(
     """Per-stage counts, requests, tokens and spend of a run directory, local or Ray (whose
     questions and answers are in Parquet parts beside glan.db)."""
     if store is None:
-        # A Ray run in an object store keeps glan.db on its driver, copied up when it stops.
-        state = StateDir(str(run_dir)).path if "://" in str(run_dir) else Path(run_dir)
+        state = store_dir(run_dir)
         if not (state / DB_NAME).exists():
             raise ConfigError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
         store = Store.open(state)
@@ -173,10 +172,11 @@ def status(
     counts = store.counts()
     usage = store.usage()
     errors = store.errors()
-    ray = ray_run.is_ray_run(store)
-    if ray:
+    dataset = str(Path(run_dir) / OUTPUT_NAME)
+    if ray_run.is_ray_run(store):
         # questions and answers live in Parquet parts beside glan.db
         location = RunLocation.of(str(run_dir))
+        dataset = location.shown(ROWS)
         done = ray_run.done_keys(location)
         failed = ray_run.failures(location, done)
         counts.update(ray_run.wide_counts(store, done, failed))
@@ -203,7 +203,7 @@ def status(
         rows=ordered["answer"].done,
         errors=errors,
         removed=_removed_rows(store),
-        dataset=f"{run_dir}/{ROWS}" if ray else str(Path(run_dir) / OUTPUT_NAME),
+        dataset=dataset,
     )
 
 

@@ -22,7 +22,7 @@ from glan.curation.runner import Progress as ProgressCallback
 from glan.export import ExportError, ExportResult, export
 from glan.ray_run import is_ray_run
 from glan.report import ReportError, report
-from glan.runfiles import RunFilesError
+from glan.runfiles import RunFilesError, store_dir
 from glan.store import DB_NAME, Store, StoreError
 
 USER_ERRORS = (
@@ -264,7 +264,13 @@ def _progress(run: Path) -> Iterator[ProgressCallback | None]:
 
 
 def export_command(
-    run: RunArgument,
+    run: Annotated[
+        str,
+        typer.Argument(
+            help="A run directory (the --out of glan generate; a Ray run's may be a URI).",
+            show_default=False,
+        ),
+    ],
     format: Annotated[
         str,
         typer.Option(
@@ -391,14 +397,15 @@ def report_command(
 # -- shared -------------------------------------------------------------------------------------
 
 
-def _require_run(run: Path, local_only: str | None = None) -> None:
+def _require_run(run: str | Path, local_only: str | None = None) -> None:
     """``run`` is a run directory; with ``local_only`` (the command), one the local engine made:
     curation and the report read rows from glan.db, where a Ray run has none."""
-    if not (run / DB_NAME).is_file():
+    state = store_dir(run)
+    if not (state / DB_NAME).is_file():
         raise ConfigError(f"{run} is not a glan run directory (no {DB_NAME} in it)")
     if local_only is None:
         return
-    store = Store.open(run)
+    store = Store.open(state)
     try:
         ray = is_ray_run(store)
     finally:

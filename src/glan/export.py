@@ -39,7 +39,7 @@ import orjson
 from glan import ray_run
 from glan.curation.errors import require
 from glan.curation.results import CuratedRows, CurationRun
-from glan.runfiles import RunLocation
+from glan.runfiles import RunLocation, store_dir
 from glan.stages.answers import META_KEYS
 from glan.store import DB_NAME, Store
 
@@ -316,12 +316,14 @@ def export(
     use_curation: bool = True,
 ) -> ExportResult:
     """Write the run's pairs to ``out`` (default RUN/export/FORMAT-TO); see the module doc."""
-    run_dir = Path(run_dir)
-    _check_options(run_dir, format, to, shard_size, test_per_discipline, push_to_hub)
+    state = store_dir(run_dir)  # where glan.db is: the run directory unless it is a URI
+    _check_options(run_dir, state, format, to, shard_size, test_per_discipline, push_to_hub)
     token = _hub_token() if push_to_hub else None
-    target = Path(out) if out is not None else run_dir / "export" / f"{format}-{to}"
+    if out is None and "://" in str(run_dir):
+        raise ExportError(f"exporting from {run_dir} needs --out DIR, a local directory")
+    target = Path(out) if out is not None else state / "export" / f"{format}-{to}"
     _check_target(target)
-    store = Store.open(run_dir)
+    store = Store.open(state)
     scratch = target.parent / f".{target.name}.partial-{os.getpid()}"
     try:
         rows: Rows = (
@@ -360,14 +362,15 @@ def export(
 
 
 def _check_options(
-    run_dir: Path,
+    run_dir: str | Path,
+    state: Path,
     format: str,
     to: str,
     shard_size: int,
     test_per_discipline: int,
     push_to_hub: str | None,
 ) -> None:
-    if not (run_dir / DB_NAME).is_file():
+    if not (state / DB_NAME).is_file():
         raise ExportError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}; choose {', '.join(FORMATS)}")
@@ -483,7 +486,11 @@ def _to_datasets(
 
 
 def _write_manifest(
-    scratch: Path, result: ExportResult, run_dir: Path, test_per_discipline: int, seed: int
+    scratch: Path,
+    result: ExportResult,
+    run_dir: str | Path,
+    test_per_discipline: int,
+    seed: int,
 ) -> None:
     manifest = asdict(result)
     manifest.update(

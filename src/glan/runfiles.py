@@ -136,6 +136,12 @@ class RunLocation:
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    def shown(self, *parts: str) -> str:
+        """A path as a user reads it: no credentials or options of the URI."""
+        if self.is_local:
+            return self.path(*parts)
+        return f"{self.uri.split('://', 1)[0]}://{self.path(*parts)}"
+
     def parts(self, directory: str) -> list[str]:
         """The finished parts of ``directory`` (rows, calls or failed), sorted by name."""
         from pyarrow import fs
@@ -217,6 +223,12 @@ class StateDir:
             pafs.copy_files(path, str(to), source_filesystem=source, destination_filesystem=target)
         except OSError as error:
             raise RunFilesError(f"cannot copy {path} to {to}: {error}") from None
+
+
+def store_dir(run: str | Path) -> Path:
+    """The local directory that holds a run's glan.db: the run directory itself, or, for a Ray
+    run in an object store, the driver's state directory (fetched when this machine has none)."""
+    return StateDir(str(run)).path if "://" in str(run) else Path(run)
 
 
 class RunFilesError(Exception):
