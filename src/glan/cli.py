@@ -168,7 +168,7 @@ def generate(
     ray_workers: Annotated[
         int | None,
         typer.Option(
-            help="With --engine ray: worker actors for questions, and as many for answers; --concurrency is split among each stage's. \\[default: 2]",
+            help="With --engine ray: worker actors for questions, and as many for answers; --concurrency is split evenly among them all. \\[default: 2]",
         ),
     ] = None,
     concurrency: Annotated[

@@ -60,10 +60,16 @@ class RunStats:
         )
 
     def add_usage(
-        self, stage: str, model: str, tokens_in: int, tokens_out: int, batch: bool = False
+        self,
+        stage: str,
+        model: str,
+        tokens_in: int,
+        tokens_out: int,
+        batch: bool = False,
+        requests: int = 1,
     ) -> None:
         stats = self.stages[stage]
-        stats.requests += 1
+        stats.requests += requests
         stats.tokens_in += tokens_in
         stats.tokens_out += tokens_out
         stats.cost += self.prices.cost(model, tokens_in, tokens_out, batch) or 0.0

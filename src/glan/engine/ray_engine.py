@@ -127,7 +127,8 @@ class RayEngine:
         from ray.data import ActorPoolStrategy
 
         options = self.config.ray
-        per_worker = max(1, math.ceil(self.config.concurrency / options.workers))
+        # --concurrency is what is in flight in all, as with the local engine: two pools share it.
+        per_worker = max(1, math.ceil(self.config.concurrency / (2 * options.workers)))
         # A block is one task of a pool: enough of them for every worker to have several, few
         # enough (8 syllabi, some 80 questions, each) that tasks cost nothing next to the calls.
         blocks = min(len(subjects), max(4 * options.workers, len(subjects) // 8))
@@ -140,7 +141,7 @@ class RayEngine:
             dataset = dataset.map_batches(
                 StageWorker,
                 batch_format="pyarrow",
-                batch_size=per_worker,
+                batch_size=BATCH_PER_WORKER * per_worker,
                 compute=ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=4),
                 num_cpus=options.worker_cpus,
                 fn_constructor_kwargs={
@@ -184,7 +185,12 @@ class RayEngine:
             stats.cost = counted.cost
 
 
-ROWS_PER_FILE = 10_000  # pairs per Parquet part; their replies are in calls/ meanwhile
+# A batch waits for its replies to be written (up to ray.journal_seconds) before it is handed
+# on, while the worker's other batches keep its connections busy: batches of several times the
+# worker's concurrency leave enough of them running.
+BATCH_PER_WORKER = 8
+ROWS_PER_FILE = 10_000
+BLOCK_BYTES = 1 << 20  # pairs per Parquet part; their replies are in calls/ meanwhile
 
 
 async def _in_daemon_thread(function: Any, *args: Any) -> None:
@@ -287,7 +293,11 @@ def _start_ray(address: str | None) -> None:
     # glan's display shows the stages, and what stops a job reaches the user as its exception:
     # Ray Data's bars, and its logs of the same exception with Ray's traceback, would be noise.
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-    DataContext.get_current().enable_progress_bars = False
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    # A task hands its output on a block at a time; small blocks let answers start while the
+    # questions of the same syllabi are still being asked, instead of after all of them.
+    context.target_max_block_size = BLOCK_BYTES
 
 
 def _user_error(error: BaseException, reason: tuple[str, str] | None) -> BaseException:

@@ -79,12 +79,14 @@ class Meter:
     def learn(self, model: str, headers: dict[str, str]) -> None:
         self._limiter(model).learn(headers)
 
-    def used(self, stage: str, model: str, tokens_in: int, tokens_out: int, batch: bool) -> None:
-        self.stats.add_usage(stage, model, tokens_in, tokens_out, batch)
-
-    def finished(self, stage: str, done: int, failed: int) -> None:
+    def finished(
+        self, stage: str, done: int, failed: int, usage: list[tuple[str, str, bool, int, int, int]]
+    ) -> None:
+        """A worker's batch: items done and failed, and the replies paid for on the way."""
         self.stats.stages[stage].done += done
         self.stats.stages[stage].failed += failed
+        for name, model, batch, calls, tokens_in, tokens_out in usage:
+            self.stats.add_usage(name, model, tokens_in, tokens_out, batch, calls)
 
     def snapshot(self) -> dict[str, StageStats]:
         return self.stats.stages
@@ -98,37 +100,52 @@ class Meter:
 
 
 class SharedLimiter:
-    """A worker's stand-in for the meter's limiter of one model. Only ``acquire`` waits for an
-    answer; the rest are sent and forgotten."""
+    """A worker's stand-in for the meter's limiter of one model. It asks the meter only once the
+    model has a limit (configured, or learnt from the provider's headers by any reply), so an
+    unlimited model costs no round trip; only ``acquire`` waits for an answer."""
 
-    def __init__(self, meter: Any, model: str) -> None:
+    def __init__(self, meter: Any, model: str, limited: bool) -> None:
         self.meter = meter
         self.model = model
+        self.limited = limited
 
     async def acquire(self, tokens: int) -> None:
-        await self.meter.acquire.remote(self.model, tokens)
+        if self.limited:
+            await self.meter.acquire.remote(self.model, tokens)
 
     def settle(self, estimated: int, actual: int) -> None:
-        if actual != estimated:
+        if self.limited and actual != estimated:
             self.meter.settle.remote(self.model, estimated, actual)
 
     def pause(self, seconds: float) -> None:
+        self.limited = True  # a 429: from now on everyone's requests go through the meter
         self.meter.pause.remote(self.model, seconds)
 
     def learn(self, headers: Mapping[str, str]) -> None:
         limits = {k.lower(): v for k, v in headers.items() if k.lower().startswith("x-ratelimit-")}
         if limits:
+            self.limited = True
             self.meter.learn.remote(self.model, limits)
 
 
-class _MeteredUsage:
-    def __init__(self, meter: Any) -> None:
-        self.meter = meter
+class _Usage:
+    """Tokens by (stage, model, batch), gathered over a batch and sent to the meter in one go."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str, bool], list[int]] = {}
 
     def record(self, stage: str, model: str, response: ChatResponse) -> None:
-        self.meter.used.remote(
-            stage, model, response.prompt_tokens, response.completion_tokens, response.batch
-        )
+        entry = self.counts.setdefault((stage, model, response.batch), [0, 0, 0])
+        entry[0] += 1
+        entry[1] += response.prompt_tokens
+        entry[2] += response.completion_tokens
+
+    def take(self) -> list[tuple[str, str, bool, int, int, int]]:
+        counts, self.counts = self.counts, {}
+        return [
+            (stage, model, batch, calls, tokens_in, tokens_out)
+            for (stage, model, batch), (calls, tokens_in, tokens_out) in counts.items()
+        ]
 
 
 def expand_specs(
@@ -169,7 +186,10 @@ class StageWorker:
         self.endpoint = (base_url, api_key)
         self.attempts = attempts
         self.meter = meter
-        self.usage = _MeteredUsage(meter)
+        self.usage = _Usage()
+        limits = config.limits()
+        self.limited = {model for model in limits if model != "*"}
+        self.limit_all = "*" in limits
         self.prompts = prompts_for(config.prompts_dir)
         self.journal = CallJournal(RunLocation.of(run), stored, config.ray.journal_seconds)
         self.client: OpenAIClient | None = None
@@ -181,23 +201,30 @@ class StageWorker:
             self.client = OpenAIClient.for_settings(
                 self.config,
                 *self.endpoint,
-                limiter_for=lambda model: SharedLimiter(self.meter, model),
+                limiter_for=self._limiter,
             )
             await self.client.__aenter__()
+            self.journal.start()
         try:
             outputs = await asyncio.gather(
                 *(self._one(text, parent) for text, parent in _items(batch))
             )
+            self.journal.flush()  # the batch's rows go on only with their replies written
         except BaseException as error:
-            self.journal.flush()  # keep what was paid for, whatever stops the job
+            with contextlib.suppress(RunFilesError):
+                self.journal.flush()  # keep what was paid for, whatever stops the job
             if isinstance(error, FatalLLMError | RunFilesError):
                 await self.meter.stopping.remote(type(error).__name__, str(error))
             raise
-        await self.journal.flushed()
         rows = [row for output in outputs if output is not None for row in output]
         failed = outputs.count(None)
-        self.meter.finished.remote(self.stage.name, len(outputs) - failed, failed)
+        self.meter.finished.remote(
+            self.stage.name, len(outputs) - failed, failed, self.usage.take()
+        )
         return pa.Table.from_pylist(rows, schema=self.schema)
+
+    def _limiter(self, model: str) -> SharedLimiter:
+        return SharedLimiter(self.meter, model, self.limit_all or model in self.limited)
 
     async def _one(self, text: str, parent_text: str) -> list[dict[str, Any]] | None:
         """The rows this item hands on; None when it failed (recorded in the journal)."""
