@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
+import ray.data
+from ray.data import ActorPoolStrategy, DataContext
 
 from glan.config import GenerateConfig
 from glan.engine.local import UPSTREAM, Display, LocalEngine
@@ -32,6 +35,13 @@ from glan.runfiles import CALLS, ROWS, RunFilesError, RunLocation
 from glan.store import NewNode, Store
 
 POLL = 0.5  # seconds between progress updates from the meter
+# Ray Data runs a few batches of a task at once and hands them on in order: batches of several
+# times a worker's concurrency keep its connections full while a slow item holds one back.
+BATCH_PER_WORKER = 8
+# A task hands its output on a block at a time: small blocks let answers start while questions of
+# the same syllabi are still being asked, instead of after all of them.
+BLOCK_BYTES = 1 << 20
+ROWS_PER_FILE = 10_000  # pairs per Parquet part; their replies are in calls/ meanwhile
 
 
 class RayEngine:
@@ -70,17 +80,11 @@ class RayEngine:
             self.display.stop()
 
     async def _wide(self) -> None:
-        import ray
-
         subjects = [
-            {"node": dump}
-            for dump in (
-                dump_node(node)
-                for node in self.store.nodes("subject", "done")
-                if node.root in self.roots
-            )
+            {"node": dump_node(node)}
+            for node in self.store.nodes("subject", "done")
+            if node.root in self.roots
         ]
-        self.store.commit()
         done = finished_keys(self.location)
         failed = failures(self.location, done)
         attempts = {item.id: item.attempts for item in failed.values()}
@@ -123,9 +127,6 @@ class RayEngine:
         stored: dict[str, ChatResponse],
         meter: Any,
     ) -> Any:
-        import ray.data
-        from ray.data import ActorPoolStrategy
-
         options = self.config.ray
         # --concurrency is what is in flight in all, as with the local engine: two pools share it.
         per_worker = max(1, math.ceil(self.config.concurrency / (2 * options.workers)))
@@ -135,7 +136,7 @@ class RayEngine:
         dataset = ray.data.from_items(subjects, override_num_blocks=blocks).map_batches(
             expand_specs,
             batch_format="pyarrow",
-            fn_kwargs={"config": self.config, "done": done, "attempts": attempts},
+            fn_kwargs={"config": self.config, "done": done},
         )
         for stage in ("question", "answer"):
             dataset = dataset.map_batches(
@@ -183,14 +184,6 @@ class RayEngine:
             stats.requests = counted.requests
             stats.tokens_in, stats.tokens_out = counted.tokens_in, counted.tokens_out
             stats.cost = counted.cost
-
-
-# A batch waits for its replies to be written (up to ray.journal_seconds) before it is handed
-# on, while the worker's other batches keep its connections busy: batches of several times the
-# worker's concurrency leave enough of them running.
-BATCH_PER_WORKER = 8
-ROWS_PER_FILE = 10_000
-BLOCK_BYTES = 1 << 20  # pairs per Parquet part; their replies are in calls/ meanwhile
 
 
 async def _in_daemon_thread(function: Any, *args: Any) -> None:
@@ -274,9 +267,6 @@ def stored_replies(location: RunLocation, done: np.ndarray) -> dict[str, ChatRes
 
 
 def _start_ray(address: str | None) -> None:
-    import ray
-    from ray.data import DataContext
-
     # Ray starts itself on first use; after Ctrl-C has shut it down, the thread still waiting on
     # the job would start a new one and carry on asking. (The switch is read at import.)
     with contextlib.suppress(ImportError, AttributeError):
@@ -295,8 +285,6 @@ def _start_ray(address: str | None) -> None:
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     context = DataContext.get_current()
     context.enable_progress_bars = False
-    # A task hands its output on a block at a time; small blocks let answers start while the
-    # questions of the same syllabi are still being asked, instead of after all of them.
     context.target_max_block_size = BLOCK_BYTES
 
 

@@ -63,8 +63,7 @@ class Meter:
     def _limiter(self, model: str) -> RateLimiter:
         limiter = self.limiters.get(model)
         if limiter is None:
-            rpm, tpm = self.limits.get(model) or self.limits.get("*") or (None, None)
-            limiter = self.limiters[model] = RateLimiter(rpm, tpm)
+            limiter = self.limiters[model] = RateLimiter.for_model(self.limits, model)
         return limiter
 
     async def acquire(self, model: str, tokens: int) -> None:
@@ -148,19 +147,18 @@ class _Usage:
         ]
 
 
-def expand_specs(
-    batch: pa.Table, config: GenerateConfig, done: np.ndarray, attempts: Mapping[str, int]
-) -> pa.Table:
+def expand_specs(batch: pa.Table, config: GenerateConfig, done: np.ndarray) -> pa.Table:
     """Finished syllabi -> their question items, less the questions whose pair is written."""
     pipeline = Pipeline(config)
     items = []
     for text in batch.column("node").to_pylist():
         questions = pipeline.children(load_node(text, {}))
         written = contains(done, np.fromiter((node_key(q.id) for q in questions), np.uint64))
-        for question, skip in zip(questions, written, strict=True):
-            if not skip:
-                node = load_node(dump_node(question), attempts)
-                items.append({"node": dump_node(node), "parent": text})
+        items += [
+            {"node": dump_node(question), "parent": text}
+            for question, skip in zip(questions, written, strict=True)
+            if not skip
+        ]
     return pa.Table.from_pylist(items, schema=ITEM_SCHEMA)
 
 
@@ -252,7 +250,8 @@ class StageWorker:
     def __del__(self) -> None:
         # Ray Data calls this when the pool shuts down after the last batch, outside the loop
         # the batches ran in (which still runs, in its own thread).
-        self.journal.flush()
+        with contextlib.suppress(RunFilesError):
+            self.journal.flush()
         if self.client is not None and self.loop is not None and self.loop.is_running():
             closing = asyncio.run_coroutine_threadsafe(self.client.__aexit__(), self.loop)
             with contextlib.suppress(Exception):

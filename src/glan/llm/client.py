@@ -224,8 +224,9 @@ class OpenAIClient:
             if self._limiter_for is not None:
                 limiter = self._limiter_for(model)
             else:
-                rpm, tpm = self._limits.get(model) or self._limits.get("*") or (None, None)
-                limiter = RateLimiter(rpm, tpm, clock=self._clock, sleep=self._sleep)
+                limiter = RateLimiter.for_model(
+                    self._limits, model, clock=self._clock, sleep=self._sleep
+                )
             self._limiters[model] = limiter
         return limiter
 

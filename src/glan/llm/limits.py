@@ -79,6 +79,19 @@ class RateLimiter:
         self.paused_until = 0.0
         self._lock = asyncio.Lock()
 
+    @classmethod
+    def for_model(
+        cls,
+        limits: Mapping[str, tuple[float | None, float | None]],
+        model: str,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> RateLimiter:
+        """The limiter of ``model`` as (RPM, TPM) ``limits`` set them (``"*"``: any other)."""
+        rpm, tpm = limits.get(model) or limits.get("*") or (None, None)
+        return cls(rpm, tpm, clock=clock, sleep=sleep)
+
     async def acquire(self, tokens: int) -> None:
         """Wait for a turn (in arrival order), then take one request and ``tokens`` tokens."""
         if self.requests is None and self.tokens is None and self.paused_until <= self.clock():
