@@ -20,7 +20,6 @@ from glan.config import ConfigError
 from glan.curation import REASONS, CurateConfig, CurationError, MissingExtraError, curate
 from glan.curation.runner import Progress as ProgressCallback
 from glan.export import ExportError, ExportResult, export
-from glan.ray_run import is_ray_run
 from glan.report import ReportError, report
 from glan.runfiles import RunFilesError, store_dir
 from glan.store import DB_NAME, Store, StoreError
@@ -211,7 +210,7 @@ def curate_command(
             language=language,
             language_confidence=language_confidence,
         )
-        _require_run(run, local_only="glan curate")
+        _require_run(run)
         with _progress(run) as progress:
             result = curate(run, config, progress=progress)
     table = Table(title=f"glan curate {run}")
@@ -389,7 +388,7 @@ def report_command(
 ) -> None:
     """glan report (REPORT_HELP says what it does)."""
     with _user_errors():
-        _require_run(run, local_only="glan report")
+        _require_run(run)
         path = report(run, out_file)
     out.print(f"wrote {path}")
 
@@ -397,24 +396,9 @@ def report_command(
 # -- shared -------------------------------------------------------------------------------------
 
 
-def _require_run(run: str | Path, local_only: str | None = None) -> None:
-    """``run`` is a run directory; with ``local_only`` (the command), one the local engine made:
-    curation and the report read rows from glan.db, where a Ray run has none."""
-    state = store_dir(run)
-    if not (state / DB_NAME).is_file():
+def _require_run(run: str | Path) -> None:
+    if not (store_dir(run) / DB_NAME).is_file():
         raise ConfigError(f"{run} is not a glan run directory (no {DB_NAME} in it)")
-    if local_only is None:
-        return
-    store = Store.open(state)
-    try:
-        ray = is_ray_run(store)
-    finally:
-        store.close()
-    if ray:
-        raise ConfigError(
-            f"{local_only} does not read Ray run directories yet, and {run} is one"
-            " (glan status and glan export do)"
-        )
 
 
 @contextmanager

@@ -36,6 +36,16 @@ def is_ray_run(store: Store) -> bool:
     return store.get_meta(ENGINE_META) == "ray"
 
 
+def refusal(store: Store, command: str) -> str | None:
+    """Why ``command``, which reads rows from glan.db, cannot read this run; None when it can."""
+    if not is_ray_run(store):
+        return None
+    return (
+        f"{command} does not read Ray run directories yet, and {store.path.parent} is one"
+        " (glan status and glan export do)"
+    )
+
+
 def keys_of(ids: pa.Array) -> np.ndarray:
     """``node_key`` of every id of an Arrow string array, done in C: 16 hex digits per id, all
     decoded at once as big-endian uint64s."""

@@ -25,6 +25,7 @@ import jinja2
 from glan.curation.errors import require
 from glan.curation.results import CuratedRows, CurationLog, CurationRun
 from glan.curation.runner import REASONS
+from glan.ray_run import refusal
 from glan.store import DB_NAME, Store
 
 REPORT_NAME = "report.html"
@@ -112,6 +113,8 @@ class ReportData:
 def gather(run_dir: Path) -> ReportData:
     store = Store.open(run_dir)
     try:
+        if why := refusal(store, "glan report"):
+            raise ReportError(why)
         rows = CuratedRows(store)
         disciplines: dict[str, Discipline] = {}
         _add_syllabi(store, disciplines)

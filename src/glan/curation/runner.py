@@ -32,6 +32,7 @@ from glan.curation.errors import CurationError
 from glan.curation.filters import AnswerLeak, Filter, Refusal, TooShort, Truncated, WrongLanguage
 from glan.curation.results import CurationLog, CurationRun
 from glan.curation.text import normalise
+from glan.ray_run import refusal
 from glan.store import DB_NAME, Store
 
 # Every reason a pair can be removed for, in the order they are tried.
@@ -175,6 +176,8 @@ def curate(
     # (SQLite allows a write while a read statement is open; they touch different tables).
     store = Store.open(run_dir)
     try:
+        if why := refusal(store, "glan curate"):
+            raise CurationError(why)
         # Benchmarks and filters are loaded before anything is written: a bad file fails first.
         curator = Curator(config, _question_lookup(store))
         log = CurationLog(store)
