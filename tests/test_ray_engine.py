@@ -21,6 +21,7 @@ import yaml
 
 from conftest import API_KEY, cli_env, read_rows
 from glan import api
+from glan.config import ConfigError
 from glan.export import export
 from glan.ids import canonical_bytes
 from glan.llm.types import unpack_request
@@ -30,8 +31,8 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.xdist_group("ray")
 
-# Actors take a quarter CPU each: two pools of two fit beside the tasks on 2 CPUs.
-RAY = {"workers": 1, "worker_cpus": 0.25, "journal_seconds": 0.2}
+# One worker per stage unless a test needs more; replies written often, so a kill finds some.
+RAY = {"workers": 1, "journal_seconds": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +266,9 @@ def test_a_run_in_an_object_store(cluster, tmp_path, teacher, make_config, bucke
     again = api.generate(ray_config(make_config), run, progress="none")
     assert again.rows == 12 and teacher.request_count == sent  # and resumes it for free
     assert {row["id"] for row in parquet_rows_at(run)} == rows
+
+
+def test_pools_that_cannot_fit_are_refused_not_waited_for(cluster, tmp_path, make_config):
+    config = ray_config(make_config, ray={"workers": 4, "worker_cpus": 0.5})
+    with pytest.raises(ConfigError, match=r"need 4\.25 CPUs; the Ray cluster has 2"):
+        api.generate(config, tmp_path, progress="none")

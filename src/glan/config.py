@@ -65,7 +65,7 @@ class RayOptions(BaseModel):
 
     address: str | None = None  # None: start Ray on this machine; "auto": join the cluster
     workers: int = Field(default=2, ge=1)  # actors per wide stage; --concurrency is split on them
-    worker_cpus: float = Field(default=0.5, gt=0)  # each actor waits on HTTP, so a share will do
+    worker_cpus: float = Field(default=0.25, gt=0)  # each actor waits on HTTP: a share will do
     journal_seconds: float = Field(default=5.0, gt=0)  # replies are written out this often
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import ray
 import ray.data
 from ray.data import ActorPoolStrategy, DataContext
 
-from glan.config import GenerateConfig
+from glan.config import ConfigError, GenerateConfig, RayOptions
 from glan.engine.local import UPSTREAM, Display, LocalEngine
 from glan.engine.ray_workers import Meter, StageWorker, dump_node, expand_specs
 from glan.engine.teacher import Client
@@ -34,6 +35,8 @@ from glan.ray_run import ENGINE_META, contains, failures, keys_of
 from glan.runfiles import CALLS, ROWS, RunFilesError, RunLocation
 from glan.store import NewNode, Store
 
+log = logging.getLogger(__name__)
+
 POLL = 0.5  # seconds between progress updates from the meter
 # Ray Data runs a few batches of a task at once and hands them on in order: batches of several
 # times a worker's concurrency keep its connections full while a slow item holds one back.
@@ -42,6 +45,7 @@ BATCH_PER_WORKER = 8
 # the same syllabi are still being asked, instead of after all of them.
 BLOCK_BYTES = 1 << 20
 ROWS_PER_FILE = 10_000  # pairs per Parquet part; their replies are in calls/ meanwhile
+TASK_CPUS = 0.25  # sampling specs and writing parts are light; the workers hold the rest
 
 
 class RayEngine:
@@ -95,7 +99,7 @@ class RayEngine:
             self.stats.stages[name].total = total
         if not subjects:
             return
-        _start_ray(self.config.ray.address)
+        _start_ray(self.config.ray)
         meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices)
         dataset = self._dataset(subjects, done, attempts, stored, meter)
         before = dict.fromkeys(("question", "answer"), written)
@@ -136,6 +140,7 @@ class RayEngine:
         dataset = ray.data.from_items(subjects, override_num_blocks=blocks).map_batches(
             expand_specs,
             batch_format="pyarrow",
+            num_cpus=TASK_CPUS,
             fn_kwargs={"config": self.config, "done": done},
         )
         for stage in ("question", "answer"):
@@ -166,6 +171,7 @@ class RayEngine:
             filesystem=self.location.fs,
             min_rows_per_file=ROWS_PER_FILE,
             compression="zstd",
+            ray_remote_args={"num_cpus": TASK_CPUS},
         )
 
     async def _poll(self, meter: Any, before: dict[str, int]) -> None:
@@ -266,7 +272,7 @@ def stored_replies(location: RunLocation, done: np.ndarray) -> dict[str, ChatRes
     return replies
 
 
-def _start_ray(address: str | None) -> None:
+def _start_ray(options: RayOptions) -> None:
     # Ray starts itself on first use; after Ctrl-C has shut it down, the thread still waiting on
     # the job would start a new one and carry on asking. (The switch is read at import.)
     with contextlib.suppress(ImportError, AttributeError):
@@ -275,7 +281,7 @@ def _start_ray(address: str | None) -> None:
         auto_init_hook.enable_auto_connect = False
     if not ray.is_initialized():
         ray.init(
-            address=address,
+            address=options.address,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=False,
@@ -283,9 +289,26 @@ def _start_ray(address: str | None) -> None:
     # glan's display shows the stages, and what stops a job reaches the user as its exception:
     # Ray Data's bars, and its logs of the same exception with Ray's traceback, would be noise.
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
+    _check_room(options)
     context = DataContext.get_current()
     context.enable_progress_bars = False
     context.target_max_block_size = BLOCK_BYTES
+
+
+def _check_room(options: RayOptions) -> None:
+    """Both pools must fit with room for a task: else Ray waits forever for a free CPU."""
+    needed = 2 * options.workers * options.worker_cpus + TASK_CPUS
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    if needed <= cpus:
+        return
+    message = (
+        f"{2 * options.workers} workers at {options.worker_cpus} CPU each, and a task, need"
+        f" {needed:g} CPUs; the Ray cluster has {cpus:g}: lower --ray-workers or ray.worker_cpus"
+    )
+    if options.address is None:  # Ray on this machine: it will not grow
+        raise ConfigError(message)
+    log.warning("%s (unless the cluster scales up)", message)
 
 
 def _user_error(error: BaseException, reason: tuple[str, str] | None) -> BaseException:
