@@ -129,7 +129,7 @@ async def _generate_on_ray(
         stats = _begin(store, config, taxonomy)
         async with OpenAIClient.for_settings(config, *endpoint, config.limits()) as client:
             engine = RayEngine(
-                config, store, state.location, client, endpoint, stats, _display(progress, stats)
+                config, store, state, client, endpoint, stats, _display(progress, stats)
             )
             engine.prepare(Pipeline(config).roots(taxonomy.select(config.disciplines)))
             await engine.run()

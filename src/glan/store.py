@@ -171,6 +171,12 @@ class Store:
                 self.db.execute("ROLLBACK")
                 raise StoreError(f"migrating {component} in {self.path} failed: {error}") from None
 
+    def checkpoint(self) -> None:
+        """Commit, and fold the write-ahead log into the database file, so a copy of the file
+        alone holds everything."""
+        self.commit()
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def close(self) -> None:
         self.commit()
         self.db.close()
