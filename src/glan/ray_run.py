@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from glan.config import GenerateConfig
 from glan.ids import stable_id
+from glan.llm.types import ChatResponse
 from glan.runfiles import CALLS, FAILED, ROWS, RunFilesError, RunLocation, node_key
 from glan.store import Store
 
@@ -101,6 +102,53 @@ def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def done_keys(location: RunLocation) -> np.ndarray:
     """The sorted, unique ``node_key`` of every finished answer in rows/."""
     return _unique(_row_keys(location, location.parts(ROWS)))[0]
+
+
+def finished_keys(location: RunLocation) -> np.ndarray:
+    """Keys (``node_key``) of every written pair and of its question, sorted, for the engine as
+    it starts (it sets broken parts aside): a question whose pair is written is not asked again,
+    nor are the replies of either kept in memory."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    keys: list[np.ndarray] = []
+    for batch in location.read(ROWS, ["id", "meta.question_id"], set_aside=True):
+        keys.append(keys_of(batch.column("id")))
+        keys.append(keys_of(pc.struct_field(batch.column("meta"), "question_id")))
+    return _unique(np.concatenate(keys))[0] if keys else np.empty(0, dtype=np.uint64)
+
+
+_REPLY_COLUMNS = [
+    "key",
+    "text",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency",
+    "model",
+    "batch",
+]
+
+
+def stored_replies(location: RunLocation, done: np.ndarray) -> dict[str, ChatResponse]:
+    """The replies in calls/ of items whose pair is not written yet: what a killed job had paid
+    for. Only the node ids of a part are read, unless some of them are unfinished: resuming a
+    big run does not read the texts of every reply it ever had."""
+    import numpy as np
+    import pyarrow as pa
+
+    replies: dict[str, ChatResponse] = {}
+    for path in location.parts(CALLS):
+        ids = [keys_of(batch.column("node_id")) for batch in location.read_part(path, ["node_id"])]
+        if not ids or contains(done, np.concatenate(ids)).all():
+            continue
+        for batch in location.read_part(path, ["node_id", *_REPLY_COLUMNS]):
+            unfinished = ~contains(done, keys_of(batch.column("node_id")))
+            for row in batch.filter(pa.array(unfinished)).to_pylist():
+                key = row.pop("key")
+                del row["node_id"]
+                replies[key] = ChatResponse(**row, cached=True)
+    return replies
 
 
 # -- failures -----------------------------------------------------------------------------------

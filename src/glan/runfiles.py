@@ -158,20 +158,18 @@ class RunLocation:
             if info.type == fs.FileType.File and info.path.endswith(".parquet")
         )
 
-    def has_parts(self) -> bool:
-        return any(self.parts(name) for name in (ROWS, CALLS, FAILED))
-
     def read(
-        self, directory: str, columns: Sequence[str] | None = None
+        self, directory: str, columns: Sequence[str] | None = None, *, set_aside: bool = False
     ) -> Iterator[pa.RecordBatch]:
-        """Every record batch of a directory's parts, ``columns`` only; a part that cannot be read
-        (cut short when a job was killed) is renamed ``*.broken`` and skipped: what it held is
-        made again, from the stored replies."""
+        """Every record batch of a directory's parts, ``columns`` only. A part that cannot be
+        read is skipped: one being written by a running job, or one cut short when a job was
+        killed. ``set_aside`` (for the engine, when it starts and no job writes) renames it
+        ``*.broken`` too: what it held is made again, from the stored replies."""
         for path in self.parts(directory):
-            yield from self.read_part(path, columns)
+            yield from self.read_part(path, columns, set_aside=set_aside)
 
     def read_part(
-        self, path: str, columns: Sequence[str] | None = None
+        self, path: str, columns: Sequence[str] | None = None, *, set_aside: bool = False
     ) -> Iterator[pa.RecordBatch]:
         """The record batches of one part (a path ``parts`` gave), as ``read`` reads them."""
         import pyarrow.parquet as pq
@@ -183,7 +181,8 @@ class RunLocation:
         except (OSError, ValueError) as error:
             if "Parquet" not in str(error) and "parquet" not in str(error):
                 raise RunFilesError(f"cannot read {path}: {error}") from None
-            self.fs.move(path, path + ".broken")
+            if set_aside:
+                self.fs.move(path, path + ".broken")
 
 
 class StateDir:

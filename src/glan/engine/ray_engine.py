@@ -18,8 +18,6 @@ import warnings
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import ray.data
 from ray.data import ActorPoolStrategy, DataContext
@@ -31,8 +29,8 @@ from glan.engine.teacher import Client
 from glan.llm.errors import FatalLLMError
 from glan.llm.types import ChatResponse
 from glan.progress import RunStats
-from glan.ray_run import ENGINE_META, contains, failures, keys_of
-from glan.runfiles import CALLS, ROWS, RunFilesError, RunLocation, StateDir
+from glan.ray_run import ENGINE_META, failures, finished_keys, stored_replies
+from glan.runfiles import ROWS, RunFilesError, StateDir
 from glan.store import NewNode, Store
 
 log = logging.getLogger(__name__)
@@ -245,44 +243,6 @@ class _Refreshing:
 
     def stop(self) -> None:
         pass
-
-
-def finished_keys(location: RunLocation) -> np.ndarray:
-    """Keys (``node_key``) of every written pair and of its question, sorted: a question whose
-    pair is written is not asked again, nor are the replies of either kept in memory."""
-    keys: list[np.ndarray] = []
-    for batch in location.read(ROWS, ["id", "meta.question_id"]):
-        keys.append(keys_of(batch.column("id")))
-        keys.append(keys_of(pc.struct_field(batch.column("meta"), "question_id")))
-    return np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype=np.uint64)
-
-
-_REPLY_COLUMNS = [
-    "key",
-    "text",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency",
-    "model",
-    "batch",
-]
-
-
-def stored_replies(location: RunLocation, done: np.ndarray) -> dict[str, ChatResponse]:
-    """The replies in calls/ of items whose pair is not written yet: what a killed job had paid
-    for. A part's other columns are read only when some of its node ids are unfinished."""
-    replies: dict[str, ChatResponse] = {}
-    for path in location.parts(CALLS):
-        for batch in location.read_part(path, ["node_id", *_REPLY_COLUMNS]):
-            unfinished = ~contains(done, keys_of(batch.column("node_id")))
-            if not unfinished.any():
-                continue
-            for row in batch.filter(pa.array(unfinished)).to_pylist():
-                key = row.pop("key")
-                del row["node_id"]
-                replies[key] = ChatResponse(**row, cached=True)
-    return replies
 
 
 def _start_ray(options: RayOptions) -> None:
