@@ -22,7 +22,7 @@ from glan.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStat
 from glan.prompts import prompts_for
 from glan.runfiles import ROWS, RunLocation, StateDir, store_dir
 from glan.store import DB_NAME, Store
-from glan.taxonomy import Taxonomy
+from glan.taxonomy import Discipline, Taxonomy
 
 ProgressMode = Literal["auto", "live", "log", "none"]
 
@@ -78,7 +78,9 @@ async def agenerate(
     taxonomy = _taxonomy(config)
     disciplines = taxonomy.select(config.disciplines)
     if config.engine == "ray":
-        return await _generate_on_ray(config, str(out), taxonomy, (base_url, api_key), progress)
+        return await _generate_on_ray(
+            config, str(out), taxonomy, disciplines, (base_url, api_key), progress
+        )
     run_dir = Path(out)
     store = Store.open(run_dir)
     try:
@@ -112,11 +114,13 @@ async def _generate_on_ray(
     config: GenerateConfig,
     out: str,
     taxonomy: Taxonomy,
+    disciplines: list[Discipline],
     endpoint: tuple[str, str | None],
     progress: ProgressMode,
 ) -> RunStatus:
     """The Ray engine's run: glan.db on the driver (in a local state directory when OUT is an
-    object store, copied up to OUT/glan.db at the end), Parquet parts in OUT."""
+    object store, copied up to OUT/glan.db once the syllabi exist and at the end), Parquet
+    parts in OUT."""
     if config.batch:
         raise ConfigError("--batch and --engine ray do not go together; choose one")
     try:
@@ -131,7 +135,7 @@ async def _generate_on_ray(
             engine = RayEngine(
                 config, store, state, client, endpoint, stats, _display(progress, stats)
             )
-            engine.prepare(Pipeline(config).roots(taxonomy.select(config.disciplines)))
+            engine.prepare(Pipeline(config).roots(disciplines))
             await engine.run()
     finally:
         store.close()
