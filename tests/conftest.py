@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from glan.testing.fake_teacher import FakeTeacher
+import yaml
 
 from glan.config import GenerateConfig
+from glan.testing.fake_teacher import FakeTeacher
 
 API_KEY = "sk-test"
 
@@ -46,6 +47,14 @@ def make_config(teacher: FakeTeacher) -> Callable[..., GenerateConfig]:
         return GenerateConfig(**values)
 
     return make
+
+
+def write_config(path: Path, config: GenerateConfig) -> Path:
+    """``config`` as a YAML file for ``--config``, with the test key."""
+    values = config.model_dump(mode="json", exclude_none=True)
+    values["api_key"] = API_KEY
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
 
 
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:

@@ -18,11 +18,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import yaml
 
-from conftest import API_KEY, cli_env, read_rows
+from conftest import API_KEY, cli_env, read_rows, write_config
 from glan import api
-from glan.config import GenerateConfig
 from glan.llm.batch import MIGRATIONS, BatchClient, azure_options
 from glan.llm.errors import RequestFailed
 from glan.llm.types import ChatRequest
@@ -41,13 +39,6 @@ FAST = {
 def fake(teacher: FakeTeacher) -> FakeTeacher:
     teacher.batch.delay = 0.1
     return teacher
-
-
-def write_config(path: Path, config: GenerateConfig) -> Path:
-    values = config.model_dump(mode="json", exclude_none=True)
-    values["api_key"] = API_KEY
-    path.write_text(yaml.safe_dump(values), encoding="utf-8")
-    return path
 
 
 def batch_command(run_dir: Path, config_path: Path) -> list[str]:

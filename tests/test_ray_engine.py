@@ -17,9 +17,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from conftest import API_KEY, cli_env, read_rows
+from conftest import API_KEY, cli_env, read_rows, write_config
 from glan import api
 from glan.config import ConfigError
 from glan.export import export
@@ -46,17 +45,24 @@ def ray_config(make_config: Any, **overrides: Any) -> Any:
     return make_config(engine="ray", ray={**RAY, **overrides.pop("ray", {})}, **overrides)
 
 
-def write_config(config: Any, path: Path) -> Path:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    return path
-
-
 def generate_args(settings: Path, out: Path, cluster: str, api_key: str = API_KEY) -> list[str]:
     """``glan generate`` joining the test's Ray cluster, as a driver joins a real one."""
     return [
         "generate", "--config", str(settings), "--out", str(out), "--api-key", api_key,
         "--ray-address", cluster, "--progress", "log",
     ]  # fmt: skip
+
+
+def start_driver(settings: Path, out: Path, cluster: str, **popen: Any) -> subprocess.Popen[str]:
+    """``glan generate`` in its own process, stderr kept for the test to read."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "glan", *generate_args(settings, out, cluster)],
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def parquet_rows(run: Path) -> list[dict[str, Any]]:
@@ -151,20 +157,14 @@ def test_a_killed_job_resends_only_what_had_no_stored_reply(
     cluster, tmp_path, teacher, make_config
 ):
     config = ray_config(make_config, questions_per_syllabus=8)
-    settings = write_config(config, tmp_path / "config.yaml")
+    settings = write_config(tmp_path / "config.yaml", config)
     run = tmp_path / "run"
     teacher.latency = 0.3
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "glan", *generate_args(settings, run, cluster)],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    driver = start_driver(settings, run, cluster, start_new_session=True)
     deadline = time.monotonic() + 90
     location = RunLocation.of(str(run))
     while not (run / CALLS).exists() or len(location.parts(CALLS)) < 2:
-        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
+        assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""
         assert time.monotonic() < deadline, "the job wrote no replies"
         time.sleep(0.05)
     os.killpg(driver.pid, signal.SIGKILL)
@@ -190,7 +190,7 @@ def test_a_rejected_key_in_the_workers_stops_the_job_with_one_line(
     # Subjects and syllabi first, so the next run's first requests come from the workers.
     api.generate(ray_config(make_config, questions_per_syllabus=0), tmp_path, progress="none")
     config = ray_config(make_config, questions_per_syllabus=2)
-    settings = write_config(config, tmp_path / "config.yaml")
+    settings = write_config(tmp_path / "config.yaml", config)
     result = cli(*generate_args(settings, tmp_path, cluster, api_key="sk-wrong"))
     assert result.returncode == 1
     assert "rejected the API key" in result.stderr
@@ -209,15 +209,9 @@ def test_parquet_parts_hold_the_row_schema(cluster, tmp_path, teacher, make_conf
 
 def test_ctrl_c_stops_the_job_and_its_workers(cluster, tmp_path, teacher, make_config):
     config = ray_config(make_config, questions_per_syllabus=30)
-    settings = write_config(config, tmp_path / "config.yaml")
+    settings = write_config(tmp_path / "config.yaml", config)
     teacher.latency = 0.2
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "glan", *generate_args(settings, tmp_path, cluster)],
-        env=cli_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = start_driver(settings, tmp_path, cluster)
     deadline = time.monotonic() + 90
     while teacher.count_matching("teacher-small") < 5:  # answers are under way
         assert driver.poll() is None and time.monotonic() < deadline

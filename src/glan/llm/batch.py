@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from glan.llm.client import RetryPolicy, StructuredMode
+from glan.llm.client import RetryPolicy, StructuredMode, error_message
 from glan.llm.errors import FatalLLMError, RequestFailed
 from glan.llm.structured import schema_in_prompt
 from glan.llm.types import ChatRequest, ChatResponse
@@ -758,7 +758,7 @@ class BatchClient:
                 return orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise _Transient(f"unreadable reply from {method} {path}") from None
-        message = _error_message(body) or f"HTTP {status}"
+        message = error_message(body) or f"HTTP {status}"
         if status in (401, 403):
             raise FatalLLMError(
                 f"the batch API at {self.base_url} rejected the API key (HTTP {status}:"
@@ -804,7 +804,7 @@ def _outcome(line: dict[str, Any]) -> tuple[str | None, ChatResponse | _LineErro
                 return key, ChatResponse.from_openai(body, batch=True)
             except (KeyError, IndexError, TypeError, ValueError) as problem:
                 return key, _LineError(f"unreadable reply ({problem})", retryable=True)
-        message = _error_message(body) or "no message"
+        message = error_message(body) or "no message"
         return key, _LineError(f"HTTP {status}: {message}", status in _RETRY_STATUSES)
     if isinstance(error, dict):  # batch_expired, batch_cancelled, ...: never ran
         return key, _LineError(f"{error.get('code')}: {error.get('message')}", retryable=True)
@@ -836,22 +836,6 @@ def _batch_error(info: dict[str, Any]) -> str | None:
     return "; ".join(
         str(e.get("message") or e.get("code")) for e in data[:3] if isinstance(e, dict)
     )
-
-
-def _error_message(body: Any) -> str:
-    if isinstance(body, bytes):
-        try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return body.decode(errors="replace")[:300]
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            return str(error.get("message", ""))
-        if isinstance(error, str):
-            return error
-        return str(body.get("message") or body.get("detail") or "")
-    return str(body or "")
 
 
 def _retry_after(value: str | None) -> float | None:

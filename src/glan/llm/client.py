@@ -196,7 +196,7 @@ class OpenAIClient:
             self.rate_limited += 1
             self.concurrency.back_off()
             limiter.pause(_retry_after(headers) or self.retry.delay(attempt, None))
-        message = _error_message(payload) or f"HTTP {status}"
+        message = error_message(payload) or f"HTTP {status}"
         if status in (401, 403):
             raise FatalLLMError(
                 f"the teacher at {self.base_url} rejected the API key (HTTP {status}: {message});"
@@ -251,14 +251,20 @@ class OpenAIClient:
         )
 
 
-def _error_message(payload: Any) -> str:
+def error_message(payload: Any) -> str:
+    """What an error body says, in OpenAI's shape or the common others (a raw body too)."""
+    if isinstance(payload, bytes):
+        try:
+            payload = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return payload.decode(errors="replace")[:300]
     if isinstance(payload, dict):
         error = payload.get("error")
         if isinstance(error, dict):
             return str(error.get("message", ""))
         if isinstance(error, str):
             return error
-        return str(payload.get("message", ""))
+        return str(payload.get("message") or payload.get("detail") or "")
     return str(payload or "")
 
 
