@@ -27,7 +27,7 @@ import orjson
 
 from glan.curation.dedup import NearDuplicates
 from glan.curation.text import normalise
-from glan.store import Store
+from glan.run.store import Store
 
 DUPLICATE_SHARE = 0.05
 NEAR_SHARE = 0.05

@@ -29,7 +29,7 @@ from _fake_server import fake_teacher
 
 from glan import api
 from glan.config import GenerateConfig, RayOptions
-from glan.runfiles import CALLS, RunLocation
+from glan.run.parts import CALLS, RunLocation
 
 SUBJECTS = 4
 WIDE = ("question", "answer")

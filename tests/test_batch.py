@@ -21,10 +21,10 @@ import pytest
 
 from conftest import API_KEY, cli_env, read_rows, write_config
 from glan import api
-from glan.llm.batch import MIGRATIONS, BatchClient, azure_options
+from glan.llm.batch.client import MIGRATIONS, BatchClient, azure_options
 from glan.llm.errors import RequestFailed
 from glan.llm.types import ChatRequest
-from glan.store import Store
+from glan.run.store import Store
 from glan.testing.fake_teacher import FakeTeacher
 
 FAST = {

@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import API_KEY, cli_env, read_rows
 from glan.ids import canonical_json
 from glan.llm.types import unpack_request
-from glan.store import Store
+from glan.run.store import Store
 
 
 def generate_args(run_dir: Path, base_url: str, *extra: str) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 
 from glan import api
 from glan.config import ConfigError
-from glan.pricing import Price, PriceTable
+from glan.costs.prices import Price, PriceTable
 
 
 def test_longest_prefix_prices_dated_snapshots():

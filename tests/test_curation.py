@@ -19,14 +19,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from glan.curation import CurateConfig, CurationError, CurationLog, curate, results, runner
+from glan.curation import CurateConfig, CurationError, CurationLog, curate, runner
 from glan.curation import dedup as dedup_module
 from glan.curation.decontaminate import load_benchmarks
 from glan.curation.dedup import HashIndex, NearDuplicates
 from glan.curation.filters import AnswerLeak, Refusal, TooShort, WrongLanguage
 from glan.curation.text import normalise
-from glan.output import OUTPUT_NAME, JsonlOutput
-from glan.store import NewNode, Store
+from glan.items import NewItem
+from glan.run import curation as results
+from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
+from glan.run.store import Store
 
 # -- helpers: run directories with crafted rows -------------------------------------------------
 
@@ -111,13 +113,13 @@ def make_run(
     for seq, row in enumerate(rows):
         meta = row["meta"]
         store.add_nodes(
-            [NewNode(row["id"], "answer", f"q-{row['id']}", meta["discipline"], seq, {})]
+            [NewItem(row["id"], "answer", f"q-{row['id']}", meta["discipline"], seq, {})]
         )
         store.finish(store.get(row["id"]), row, output=True)
     for seq, syllabus in enumerate(syllabi):
         data = {k: v for k, v in syllabus.items() if k != "sessions"}
         node_id = f"subject-{seq}"
-        store.add_nodes([NewNode(node_id, "subject", None, data["discipline"], seq, data)])
+        store.add_nodes([NewItem(node_id, "subject", None, data["discipline"], seq, data)])
         store.finish(store.get(node_id), {"introduction": "", "sessions": syllabus["sessions"]})
     store.commit()
     output = JsonlOutput(directory / OUTPUT_NAME)

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from glan.curation import CurateConfig, curate
-from glan.export import LINEAGE, MANIFEST, ExportError, export
+from glan.publish.export import LINEAGE, MANIFEST, ExportError, export
 from test_curation import good_pair, make_run
 
 DISCIPLINES = [

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import read_rows
 from glan import api
-from glan.store import Store
+from glan.run.store import Store
 from glan.taxonomy import Taxonomy
 from inprocess import run_glan
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import read_rows
 from glan import api
-from glan.store import Store
+from glan.run.store import Store
 from glan.testing.fake_teacher import FakeTeacher
 
 META_KEYS = {

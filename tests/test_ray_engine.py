@@ -21,10 +21,10 @@ import pytest
 from conftest import API_KEY, cli_env, read_rows, write_config
 from glan import api
 from glan.config import ConfigError
-from glan.export import export
 from glan.ids import canonical_bytes
 from glan.llm.types import unpack_request
-from glan.runfiles import CALLS, FAILED, ROWS, RunLocation
+from glan.publish.export import export
+from glan.run.parts import CALLS, FAILED, ROWS, RunLocation
 
 ray = pytest.importorskip("ray")
 
@@ -201,7 +201,7 @@ def test_a_rejected_key_in_the_workers_stops_the_job_with_one_line(
 
 def test_parquet_parts_hold_the_row_schema(cluster, tmp_path, teacher, make_config):
     api.generate(ray_config(make_config, questions_per_syllabus=1), tmp_path, progress="none")
-    from glan.runfiles import row_schema
+    from glan.run.parts import row_schema
 
     for path in RunLocation.of(str(tmp_path)).parts(ROWS):
         assert pq.read_schema(path).remove_metadata().equals(row_schema())

@@ -15,21 +15,11 @@ import pytest
 
 from conftest import read_rows
 from glan import api
-from glan.export import MANIFEST, export
+from glan.costs.prices import Price, PriceTable
 from glan.ids import stable_id
-from glan.output import OUTPUT_NAME
-from glan.pricing import Price, PriceTable
-from glan.ray_run import (
-    Failure,
-    ParquetRows,
-    done_keys,
-    failures,
-    finished_keys,
-    is_ray_run,
-    keys_of,
-    wide_usage,
-)
-from glan.runfiles import (
+from glan.publish.export import MANIFEST, export
+from glan.run.jsonl import OUTPUT_NAME
+from glan.run.parts import (
     CALLS,
     FAILED,
     ROWS,
@@ -40,7 +30,17 @@ from glan.runfiles import (
     node_key,
     row_schema,
 )
-from glan.store import Store
+from glan.run.ray_parts import (
+    Failure,
+    ParquetRows,
+    done_keys,
+    failures,
+    finished_keys,
+    is_ray_run,
+    keys_of,
+    wide_usage,
+)
+from glan.run.store import Store
 
 WIDE = ("question", "answer")
 PRICES = PriceTable(

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 
 from conftest import read_rows
 from glan import api
+from glan.costs.prices import cost_by_stage
 from glan.curation import CurateConfig, curate
-from glan.export import export
 from glan.llm.types import ChatRequest, ChatResponse
-from glan.pricing import cost_by_stage
-from glan.report import report
-from glan.store import Store
+from glan.publish.export import export
+from glan.publish.report import report
+from glan.run.store import Store
 from test_curation import BENCHMARK, english, good_pair, make_run, pair, write_benchmark
 
 SECTIONS = ("taxonomy", "mix", "lengths", "concepts", "curation", "cost", "disciplines")

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from glan.config import GenerateConfig
+from glan.items import Item
 from glan.stages.questions import sample_spec, sample_specs
-from glan.store import Node
 
 concepts = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=8, unique=True)
 sessions = st.lists(
@@ -46,7 +46,7 @@ def test_ratio_zero_and_one():
 
 
 def subject(result):
-    return Node(
+    return Item(
         id="s1",
         kind="subject",
         parent_id="d1",

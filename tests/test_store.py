@@ -7,13 +7,14 @@ import sqlite3
 
 import pytest
 
+from glan.items import NewItem
 from glan.llm.types import ChatRequest, ChatResponse
-from glan.output import JsonlOutput
-from glan.store import MIGRATIONS, NewNode, Store, StoreError
+from glan.run.jsonl import JsonlOutput
+from glan.run.store import MIGRATIONS, Store, StoreError
 
 
-def answer(i: int) -> NewNode:
-    return NewNode(id=f"a{i}", kind="answer", parent_id="q", root="d", seq=i, data={})
+def answer(i: int) -> NewItem:
+    return NewItem(id=f"a{i}", kind="answer", parent_id="q", root="d", seq=i, data={})
 
 
 def test_calls_are_cached_by_request(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from glan.ids import stable_id
-from glan.taxonomy import Discipline, Node, Taxonomy, TaxonomyError
+from glan.taxonomy import Discipline, Taxonomy, TaxonomyError, TaxonomyNode
 
 # The 123 discipline names that could be read back from the paper's appendix (arXiv 2402.13064).
 PAPER_DISCIPLINES = [
@@ -456,8 +456,10 @@ def test_to_yaml_keeps_descriptions_and_review() -> None:
 
 def test_programmatic_construction_is_validated() -> None:
     with pytest.raises(ValueError, match="has no children"):
-        Taxonomy(fields=[Node(name="Empty", children=[])])
-    taxonomy = Taxonomy(fields=[Node(name="Science", children=[Node(name="Physics")])])
+        Taxonomy(fields=[TaxonomyNode(name="Empty", children=[])])
+    taxonomy = Taxonomy(
+        fields=[TaxonomyNode(name="Science", children=[TaxonomyNode(name="Physics")])]
+    )
     assert paths(taxonomy.disciplines()) == ["Science > Physics"]
 
 

@@ -16,7 +16,7 @@ from conftest import API_KEY, cli_env
 from glan.ids import canonical_json
 from glan.llm.types import unpack_request
 from glan.taxonomy import Taxonomy
-from glan.taxonomy_build import BuildConfig, Draft, build, clean, merge_level, prune
+from glan.taxonomy.build import BuildConfig, Draft, build, clean, merge_level, prune
 from glan.testing.fake_teacher import FakeTeacher
 
 

@@ -16,8 +16,8 @@ import pytest
 
 from conftest import API_KEY, cli_env, run_cli
 from glan.taxonomy import Taxonomy
-from glan.taxonomy_edit import edit_file, node_at
-from glan.taxonomy_review import merge_votes, vote
+from glan.taxonomy.edit import edit_file, node_at
+from glan.taxonomy.review import merge_votes, vote
 from inprocess import run_glan
 
 DRAFT = """\

@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from glan import ray_run
 from glan.config import ConfigError, GenerateConfig, resolve_endpoint
+from glan.costs.estimate import WIDE_STAGES, StageEstimate, estimate
+from glan.costs.prices import PriceTable, StageSpend, spend_by_stage
+from glan.costs.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
 from glan.engine.local import LocalEngine
-from glan.estimate import WIDE_STAGES, StageEstimate, estimate
-from glan.llm.batch import BatchClient
+from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
-from glan.output import OUTPUT_NAME, JsonlOutput
-from glan.pipeline import Pipeline
-from glan.pricing import PriceTable, StageSpend, spend_by_stage
-from glan.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
 from glan.prompts import prompts_for
-from glan.runfiles import ROWS, RunLocation, StateDir, store_dir
-from glan.store import DB_NAME, Store
+from glan.run import ray_parts as ray_run
+from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
+from glan.run.parts import ROWS, RunLocation, StateDir, store_dir
+from glan.run.store import DB_NAME, Store
+from glan.stages.pipeline import Pipeline
 from glan.taxonomy import Discipline, Taxonomy
 
 ProgressMode = Literal["auto", "live", "log", "none"]
@@ -124,7 +124,7 @@ async def _generate_on_ray(
     if config.batch:
         raise ConfigError("--batch and --engine ray do not go together; choose one")
     try:
-        from glan.engine.ray_engine import RayEngine
+        from glan.engine.ray.driver import RayEngine
     except ImportError:
         raise ConfigError('--engine ray needs Ray: pip install "glan[ray]"') from None
     state = StateDir(out)

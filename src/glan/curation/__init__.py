@@ -5,8 +5,8 @@ curation in force (export and report use it).
 """
 
 from glan.curation.errors import CurationError, MissingExtraError
-from glan.curation.results import CuratedRows, CurationLog, CurationRun, Removal
 from glan.curation.runner import REASONS, CurateConfig, curate
+from glan.run.curation import CuratedRows, CurationLog, CurationRun, Removal
 
 __all__ = [
     "REASONS",

@@ -30,10 +30,10 @@ from glan.curation.decontaminate import DEFAULT_FIELDS, BenchmarkIndex, load_ben
 from glan.curation.dedup import ExactDuplicates, NearDuplicates
 from glan.curation.errors import CurationError
 from glan.curation.filters import AnswerLeak, Filter, Refusal, TooShort, Truncated, WrongLanguage
-from glan.curation.results import CurationLog, CurationRun
 from glan.curation.text import normalise
-from glan.ray_run import refusal
-from glan.store import DB_NAME, Store
+from glan.run.curation import CurationLog, CurationRun
+from glan.run.ray_parts import refusal
+from glan.run.store import DB_NAME, Store
 
 # Every reason a pair can be removed for, in the order they are tried.
 REASONS = (

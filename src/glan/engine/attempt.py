@@ -6,10 +6,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from glan.items import Item
 from glan.llm.errors import FatalLLMError, LLMError
 from glan.stages import Stage
 from glan.stages.base import Teacher
-from glan.store import Node
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ class Outcome:
     error: str | None = None  # why the item failed; it is recorded and retried by the next run
 
 
-async def attempt(stage: Stage, node: Node, parent: Node, teacher: Teacher) -> Outcome:
+async def attempt(stage: Stage, node: Item, parent: Item, teacher: Teacher) -> Outcome:
     """The item's result, or why it failed. What no retry can fix (a bad key, an unreachable
     server: FatalLLMError) is raised, as the whole run must stop."""
     try:

@@ -13,15 +13,16 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from glan.config import GenerateConfig
+from glan.costs.progress import RunStats
 from glan.engine.attempt import attempt
 from glan.engine.teacher import Client, StoredTeacher
-from glan.llm.batch import ORIGIN
-from glan.output import JsonlOutput
-from glan.pipeline import KINDS, Pipeline
-from glan.progress import RunStats
+from glan.items import Item, NewItem
+from glan.llm.batch.client import ORIGIN
 from glan.prompts import prompts_for
+from glan.run.jsonl import JsonlOutput
+from glan.run.store import Store
 from glan.stages import Stage
-from glan.store import NewNode, Node, Store
+from glan.stages.pipeline import KINDS, Pipeline
 
 TICK = 0.1  # seconds between commits of bookkeeping nobody waits for, output flushes, redraws
 BATCH = 256  # pending items read from the store at a time, per kind
@@ -58,13 +59,13 @@ class LocalEngine:
         self.display = display
         self.pipeline = Pipeline(config)
         self.prompts = prompts_for(config.prompts_dir)
-        self._queues: dict[str, deque[tuple[int, Node]]] = {kind: deque() for kind in kinds}
+        self._queues: dict[str, deque[tuple[int, Item]]] = {kind: deque() for kind in kinds}
         self._cursor: dict[str, int] = dict.fromkeys(kinds, 0)
         self._drained: dict[str, bool] = dict.fromkeys(kinds, False)
         self._running: dict[asyncio.Task[None], str] = {}
         self._slot_free = asyncio.Event()
         self._error: BaseException | None = None
-        self._parents: OrderedDict[str, Node] = OrderedDict()
+        self._parents: OrderedDict[str, Item] = OrderedDict()
         self._fresh_after = float("inf")  # items with a higher rowid were created by this run
         # Upstream stages keep a share of the slots, so syllabi keep coming while questions flow.
         self._reserved = max(1, config.concurrency // 8)
@@ -78,7 +79,7 @@ class LocalEngine:
 
     # -- setup --------------------------------------------------------------------------------
 
-    def prepare(self, roots: list[NewNode]) -> None:
+    def prepare(self, roots: list[NewItem]) -> None:
         """Plant the roots, re-queue failed items, re-grow finished nodes if the shape changed."""
         self.store.set_roots(node.id for node in roots if node.kind == "discipline")
         self.store.retry_failed()
@@ -151,7 +152,7 @@ class LocalEngine:
             self._error = task.exception()
         self._slot_free.set()
 
-    def _next(self) -> tuple[Stage, Node, bool] | None:
+    def _next(self) -> tuple[Stage, Item, bool] | None:
         upstream_running = sum(self._in_flight[kind] for kind in UPSTREAM)
         batched = sum(self._in_flight[kind] for kind in self._batched)
         room = {  # by "is the stage batched"
@@ -170,7 +171,7 @@ class LocalEngine:
                 return self.pipeline.stages[kind], node, rowid > self._fresh_after
         return None
 
-    def _pop(self, kind: str) -> tuple[int, Node] | None:
+    def _pop(self, kind: str) -> tuple[int, Item] | None:
         queue = self._queues[kind]
         if not queue and not self._drained[kind]:
             batch = self.store.pending(kind, self._cursor[kind], BATCH)
@@ -192,7 +193,7 @@ class LocalEngine:
 
     # -- one item -----------------------------------------------------------------------------
 
-    async def _work(self, stage: Stage, node: Node, fresh: bool) -> None:
+    async def _work(self, stage: Stage, node: Item, fresh: bool) -> None:
         """Run one item; ``fresh`` items were created by this run, so none of their replies can
         be stored yet and the lookups are skipped."""
         stats = self.stats.stages[stage.name]
@@ -234,10 +235,10 @@ class LocalEngine:
             assert discipline is not None
             self._add(self.pipeline.subjects.merge(discipline, queries))
 
-    def _children(self, node: Node) -> list[NewNode]:
+    def _children(self, node: Item) -> list[NewItem]:
         return [child for child in self.pipeline.children(node) if child.kind in self.kinds]
 
-    def _add(self, nodes: list[NewNode]) -> None:
+    def _add(self, nodes: list[NewItem]) -> None:
         for kind in dict.fromkeys(n.kind for n in nodes):
             added = self.store.add_nodes(n for n in nodes if n.kind == kind)
             name = self._stage_name(kind)
@@ -245,7 +246,7 @@ class LocalEngine:
                 self._drained[kind] = False
                 self.stats.stages[name].total += added
 
-    def _parent(self, node: Node) -> Node:
+    def _parent(self, node: Item) -> Item:
         assert node.parent_id is not None
         parent = self._parents.get(node.parent_id)
         if parent is None:
@@ -256,7 +257,7 @@ class LocalEngine:
             self._parents.move_to_end(node.parent_id)
         return parent
 
-    def _remember_parent(self, node: Node) -> None:
+    def _remember_parent(self, node: Item) -> None:
         self._parents[node.id] = node
         if len(self._parents) > 4096:
             self._parents.popitem(last=False)

@@ -8,12 +8,12 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from glan.items import Item
 from glan.llm.errors import ParseError
 from glan.llm.structured import json_schema_of, parse_reply
 from glan.llm.types import ChatRequest, ChatResponse
 from glan.prompts import Prompts, prompts_for
 from glan.stages.base import assistant, user
-from glan.store import Node
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,7 +52,7 @@ class StoredTeacher:
         store: Replies,
         client: Client,
         usage: Usage,
-        node: Node,
+        node: Item,
         stage: str,
         repair_attempts: int,
         prompts: Prompts | None = None,

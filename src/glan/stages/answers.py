@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from glan.config import GenerateConfig
+from glan.items import Item, NewItem
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, system, user
-from glan.store import NewNode, Node
 
 # A row's meta, in order: where its question came from, then how the row was made.
 FROM_QUESTION = (
@@ -46,7 +46,7 @@ class AnswerStage:
         # The same for every answer of the run: rendered once.
         self.system = self.prompts.render("answer_system", language=config.language)
 
-    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
         question = parent.result["question"]
         reply = await teacher.text(
             request_for(self.config, self.settings, node, system(self.system), user(question))
@@ -71,5 +71,5 @@ class AnswerStage:
             "meta": meta,
         }
 
-    def expand(self, node: Node) -> list[NewNode]:
+    def expand(self, node: Item) -> list[NewItem]:
         return []

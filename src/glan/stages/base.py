@@ -8,8 +8,8 @@ from pydantic import BaseModel
 
 from glan.config import GenerateConfig, StageSettings
 from glan.ids import stable_int
+from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest, ChatResponse, Message
-from glan.store import NewNode, Node
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -33,9 +33,9 @@ class Stage(Protocol):
     name: ClassVar[str]  # the config section and progress label
     output: ClassVar[bool]  # results are rows of instructions.jsonl
 
-    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any: ...
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any: ...
 
-    def expand(self, node: Node) -> list[NewNode]: ...
+    def expand(self, node: Item) -> list[NewItem]: ...
 
 
 def user(content: str) -> Message:
@@ -53,7 +53,7 @@ def assistant(content: str) -> Message:
 def request_for(
     config: GenerateConfig,
     settings: StageSettings,
-    node: Node,
+    node: Item,
     *messages: Message,
     tag: str = "",
 ) -> ChatRequest:

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 
 from glan.config import GenerateConfig
 from glan.ids import stable_id, stable_int
+from glan.items import Item, NewItem
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, user
-from glan.store import NewNode, Node
 
 MAX_CONCEPTS = 5
 
@@ -41,7 +41,7 @@ def sample_spec(
     return {"type": "basic", "sessions": [index], "key_concepts": rng.sample(concepts, count)}
 
 
-def sample_specs(config: GenerateConfig, subject: Node) -> list[NewNode]:
+def sample_specs(config: GenerateConfig, subject: Item) -> list[NewItem]:
     """The question nodes of a finished syllabus. Spec ``i`` depends only on (seed, subject, i), so
     asking for more questions per syllabus later keeps the first ones."""
     sessions = subject.result["sessions"]
@@ -51,7 +51,7 @@ def sample_specs(config: GenerateConfig, subject: Node) -> list[NewNode]:
         spec = sample_spec(sessions, rng, config.challenging_ratio)
         lineage = {k: v for k, v in subject.data.items() if k not in ("subtopics", "description")}
         nodes.append(
-            NewNode(
+            NewItem(
                 id=stable_id(subject.id, "question", i),
                 kind="question",
                 parent_id=subject.id,
@@ -80,7 +80,7 @@ class QuestionStage:
         self.prompts = prompts_for(config.prompts_dir)
         self._outlines: OrderedDict[str, str] = OrderedDict()
 
-    def outline(self, subject: Node) -> str:
+    def outline(self, subject: Item) -> str:
         """The syllabus as the question prompt shows it; rendered once per subject, as every
         question of the subject shows the same."""
         outline = self._outlines.get(subject.id)
@@ -91,7 +91,7 @@ class QuestionStage:
                 self._outlines.popitem(last=False)
         return outline
 
-    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
         spec = node.data
         prompt = self.prompts.render(
             "question",
@@ -115,9 +115,9 @@ class QuestionStage:
             "finish_reason": reply.finish_reason,
         }
 
-    def expand(self, node: Node) -> list[NewNode]:
+    def expand(self, node: Item) -> list[NewItem]:
         return [
-            NewNode(
+            NewItem(
                 id=stable_id(node.id, "answer"),
                 kind="answer",
                 parent_id=node.id,

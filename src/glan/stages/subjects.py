@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from glan.config import GenerateConfig
 from glan.ids import stable_id
+from glan.items import Item, NewItem
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, draft_then_json, request_for, user
-from glan.store import NewNode, Node
 
 
 class Subject(BaseModel):
@@ -44,9 +44,9 @@ class SubjectsStage:
         self.settings = config.stage(self.name)
         self.prompts = prompts_for(config.prompts_dir)
 
-    def queries(self, discipline: Node) -> list[NewNode]:
+    def queries(self, discipline: Item) -> list[NewItem]:
         return [
-            NewNode(
+            NewItem(
                 id=stable_id(discipline.id, "subjects", q),
                 kind=self.kind,
                 parent_id=discipline.id,
@@ -57,7 +57,7 @@ class SubjectsStage:
             for q in range(self.config.subject_queries)
         ]
 
-    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
         lineage = parent.data
         ask = request_for(
             self.config,
@@ -79,19 +79,19 @@ class SubjectsStage:
         )
         return [subject.model_dump() for subject in listing.subjects]
 
-    def expand(self, node: Node) -> list[NewNode]:
+    def expand(self, node: Item) -> list[NewItem]:
         return []  # subjects need every query of the discipline: see merge()
 
-    def merge(self, discipline: Node, queries: list[Node]) -> list[NewNode]:
+    def merge(self, discipline: Item, queries: list[Item]) -> list[NewItem]:
         """All queries of a discipline answered: the subjects, de-duplicated, first seen first."""
-        subjects: dict[str, NewNode] = {}
+        subjects: dict[str, NewItem] = {}
         cap = self.config.max_subjects_per_discipline
         for query in sorted(queries, key=lambda q: q.seq):
             for subject in query.result:
                 key = normalise(subject["name"])
                 if key in subjects or (cap is not None and len(subjects) >= cap):
                     continue
-                subjects[key] = NewNode(
+                subjects[key] = NewItem(
                     id=stable_id(discipline.id, "subject", key),
                     kind="subject",
                     parent_id=discipline.id,

@@ -7,10 +7,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field, field_validator
 
 from glan.config import GenerateConfig
+from glan.items import Item, NewItem
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, draft_then_json, request_for, user
 from glan.stages.questions import sample_specs
-from glan.store import NewNode, Node
 
 
 class ClassSession(BaseModel):
@@ -50,7 +50,7 @@ class SyllabusStage:
         self.settings = config.stage(self.name)
         self.prompts = prompts_for(config.prompts_dir)
 
-    async def run(self, node: Node, parent: Node, teacher: Teacher) -> Any:
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
         ask = request_for(
             self.config,
             self.settings,
@@ -71,5 +71,5 @@ class SyllabusStage:
         )
         return syllabus.model_dump()
 
-    def expand(self, node: Node) -> list[NewNode]:
+    def expand(self, node: Item) -> list[NewItem]:
         return sample_specs(self.config, node)

@@ -19,10 +19,10 @@ from rich.table import Table
 from glan.config import ConfigError
 from glan.curation import REASONS, CurateConfig, CurationError, MissingExtraError, curate
 from glan.curation.runner import Progress as ProgressCallback
-from glan.export import ExportError, ExportResult, export
-from glan.report import ReportError, report
-from glan.runfiles import RunFilesError, store_dir
-from glan.store import DB_NAME, Store, StoreError
+from glan.publish.export import ExportError, ExportResult, export
+from glan.publish.report import ReportError, report
+from glan.run.parts import RunFilesError, store_dir
+from glan.run.store import DB_NAME, Store, StoreError
 
 USER_ERRORS = (
     ConfigError,

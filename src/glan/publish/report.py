@@ -23,10 +23,10 @@ from typing import Any
 import jinja2
 
 from glan.curation.errors import require
-from glan.curation.results import CuratedRows, CurationLog, CurationRun
 from glan.curation.runner import REASONS
-from glan.ray_run import refusal
-from glan.store import DB_NAME, Store
+from glan.run.curation import CuratedRows, CurationLog, CurationRun
+from glan.run.ray_parts import refusal
+from glan.run.store import DB_NAME, Store
 
 REPORT_NAME = "report.html"
 STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer")
@@ -179,7 +179,7 @@ def _ordered_stages(usage: dict[str, dict[str, int]]) -> dict[str, dict[str, int
 def _cost(store: Store) -> dict[str, float] | None:
     """USD per stage from the price table, when this glan has one."""
     try:
-        from glan.pricing import cost_by_stage
+        from glan.costs.prices import cost_by_stage
     except ImportError:
         return None
     try:
@@ -443,7 +443,7 @@ def render(data: ReportData, figures: Figures) -> str:
     plotly_offline = require("plotly.offline", "report")
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = environment.from_string(
-        resources.files("glan").joinpath("templates/report.html.j2").read_text("utf-8")
+        resources.files("glan").joinpath("publish/templates/report.html.j2").read_text("utf-8")
     )
     has_pairs = data.pairs > 0
     counts = data.type_counts()

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from glan.config import GenerateConfig
 from glan.ids import stable_id
+from glan.items import Item, NewItem
 from glan.stages import AnswerStage, QuestionStage, Stage, SubjectsStage, SyllabusStage
-from glan.store import NewNode, Node
 
 if TYPE_CHECKING:
     from glan.taxonomy import Discipline
@@ -35,11 +35,11 @@ class Pipeline:
             )
         }
 
-    def roots(self, disciplines: Iterable[Discipline]) -> list[NewNode]:
+    def roots(self, disciplines: Iterable[Discipline]) -> list[NewItem]:
         """Discipline nodes (nothing to ask) and their subject queries."""
-        nodes: list[NewNode] = []
+        nodes: list[NewItem] = []
         for seq, discipline in enumerate(disciplines):
-            root = NewNode(
+            root = NewItem(
                 id=discipline.id,
                 kind="discipline",
                 parent_id=None,
@@ -58,7 +58,7 @@ class Pipeline:
             nodes.extend(self.subjects.queries(_as_node(root)))
         return nodes
 
-    def children(self, node: Node) -> list[NewNode]:
+    def children(self, node: Item) -> list[NewItem]:
         """The children of a finished node (pure: the same node gives the same children)."""
         if node.kind == "discipline":
             return self.subjects.queries(node)
@@ -76,8 +76,8 @@ class Pipeline:
         )
 
 
-def _as_node(new: NewNode) -> Node:
-    return Node(
+def _as_node(new: NewItem) -> Item:
+    return Item(
         id=new.id,
         kind=new.kind,
         parent_id=new.parent_id,

@@ -12,8 +12,9 @@ import contextlib
 import time
 from collections.abc import Mapping
 
+from glan.items import Item
 from glan.llm.types import ChatRequest, ChatResponse
-from glan.runfiles import (
+from glan.run.parts import (
     CALLS,
     FAILED,
     PartWriter,
@@ -22,7 +23,7 @@ from glan.runfiles import (
     call_schema,
     failure_schema,
 )
-from glan.store import Node, call_record
+from glan.run.store import call_record
 
 
 class CallJournal:
@@ -48,7 +49,7 @@ class CallJournal:
     async def durable(self) -> None:
         """Returns at once: the worker writes its replies per batch (``flush``) instead."""
 
-    def fail(self, node: Node, error: str) -> None:
+    def fail(self, node: Item, error: str) -> None:
         self.failures.add(
             {
                 "id": node.id,

@@ -24,8 +24,7 @@ from typing import Literal
 
 from rich.markup import escape
 
-from glan.taxonomy import Node, Review, Taxonomy, TaxonomyError, Vote
-from glan.taxonomy_edit import (
+from glan.taxonomy.edit import (
     NodePath,
     add_node,
     edit_file,
@@ -34,6 +33,7 @@ from glan.taxonomy_edit import (
     read,
     rename_node,
 )
+from glan.taxonomy.model import Review, Taxonomy, TaxonomyError, TaxonomyNode, Vote
 
 # ------------------------------------------------------------------------------------- votes
 
@@ -64,7 +64,7 @@ def merge_votes(taxonomy: Taxonomy, *, min_votes: int = 1) -> MergeResult:
         raise TaxonomyError("--min-votes must be at least 1")
     result = MergeResult()
 
-    def visit(nodes: list[Node], parent: NodePath, inherited: frozenset[str]) -> None:
+    def visit(nodes: list[TaxonomyNode], parent: NodePath, inherited: frozenset[str]) -> None:
         for node in nodes:
             path = (*parent, node.name)
             below = inherited

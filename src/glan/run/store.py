@@ -13,12 +13,12 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest, ChatResponse
 
 DB_NAME = "glan.db"
@@ -70,40 +70,6 @@ MIGRATIONS: list[str] = [
 
 class StoreError(Exception):
     """The run directory cannot be used (not writable, disk full, newer schema)."""
-
-
-@dataclass(frozen=True)
-class Node:
-    id: str
-    kind: str
-    parent_id: str | None
-    root: str  # the discipline this node belongs to
-    seq: int
-    data: dict[str, Any]
-    status: str = "pending"
-    result: Any = None
-    error: str | None = None
-    attempts: int = 0
-
-    def done(self, result: Any) -> Node:
-        """This node, finished with ``result``."""
-        return Node(
-            self.id, self.kind, self.parent_id, self.root, self.seq, self.data, "done", result
-        )
-
-
-@dataclass(frozen=True)
-class NewNode:
-    """A child to insert; ``status='done'`` for items that need no call (disciplines, subjects)."""
-
-    id: str
-    kind: str
-    parent_id: str | None
-    root: str
-    seq: int
-    data: dict[str, Any]
-    status: str = "pending"
-    result: Any = None
 
 
 class Store:
@@ -301,7 +267,7 @@ class Store:
 
     # -- nodes --------------------------------------------------------------------------------
 
-    def add_nodes(self, nodes: Iterable[NewNode]) -> int:
+    def add_nodes(self, nodes: Iterable[NewItem]) -> int:
         """Insert nodes that are not there yet; returns how many were new."""
         added = 0
         now = time.time()
@@ -324,7 +290,7 @@ class Store:
             added += cursor.rowcount
         return added
 
-    def finish(self, node: Node, result: Any, *, output: bool = False) -> str:
+    def finish(self, node: Item, result: Any, *, output: bool = False) -> str:
         """Mark a node done with its result (returned as stored, JSON); ``output`` rows get the
         next place in the output."""
         out_seq = None
@@ -339,7 +305,7 @@ class Store:
         )
         return text
 
-    def fail(self, node: Node, error: str) -> None:
+    def fail(self, node: Item, error: str) -> None:
         self._write(
             "UPDATE nodes SET status = 'failed', error = ?, attempts = attempts + 1, updated_at = ?"
             " WHERE id = ?",
@@ -356,11 +322,11 @@ class Store:
     def last_rowid(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM nodes").fetchone()[0]
 
-    def get(self, node_id: str) -> Node | None:
+    def get(self, node_id: str) -> Item | None:
         row = self.db.execute(_NODE_SELECT + " WHERE id = ?", (node_id,)).fetchone()
         return _node(row) if row else None
 
-    def children(self, parent_id: str, kind: str | None = None) -> list[Node]:
+    def children(self, parent_id: str, kind: str | None = None) -> list[Item]:
         sql = _NODE_SELECT + " WHERE parent_id = ?"
         params: tuple[Any, ...] = (parent_id,)
         if kind is not None:
@@ -374,7 +340,7 @@ class Store:
         self.db.execute("DELETE FROM active_roots")
         self.db.executemany("INSERT OR IGNORE INTO active_roots VALUES (?)", ((r,) for r in roots))
 
-    def pending(self, kind: str, after_rowid: int, limit: int) -> list[tuple[int, Node]]:
+    def pending(self, kind: str, after_rowid: int, limit: int) -> list[tuple[int, Item]]:
         """The next pending nodes of a kind, in insertion order: the store is the queue."""
         rows = self.db.execute(
             "SELECT rowid, " + _COLUMNS + " FROM nodes WHERE kind = ? AND status = 'pending'"
@@ -383,7 +349,7 @@ class Store:
         ).fetchall()
         return [(row[0], _node(row[1:])) for row in rows]
 
-    def nodes(self, kind: str, status: str | None = None, page: int = 1000) -> Iterator[Node]:
+    def nodes(self, kind: str, status: str | None = None, page: int = 1000) -> Iterator[Item]:
         """Every node of a kind, read a page at a time (safe to write to the store meanwhile)."""
         sql = "SELECT rowid, " + _COLUMNS + " FROM nodes WHERE kind = ? AND rowid > ?"
         if status is not None:
@@ -466,9 +432,9 @@ _COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempt
 _NODE_SELECT = f"SELECT {_COLUMNS} FROM nodes"
 
 
-def _node(row: tuple[Any, ...]) -> Node:
+def _node(row: tuple[Any, ...]) -> Item:
     node_id, kind, parent_id, root, seq, data, status, result, error, attempts = row
-    return Node(
+    return Item(
         id=node_id,
         kind=kind,
         parent_id=parent_id,

@@ -23,15 +23,16 @@ import ray.data
 from ray.data import ActorPoolStrategy, DataContext
 
 from glan.config import ConfigError, GenerateConfig, RayOptions
+from glan.costs.progress import RunStats
 from glan.engine.local import UPSTREAM, Display, LocalEngine
-from glan.engine.ray_workers import Meter, StageWorker, dump_node, expand_specs
+from glan.engine.ray.workers import Meter, StageWorker, dump_node, expand_specs
 from glan.engine.teacher import Client
+from glan.items import NewItem
 from glan.llm.errors import FatalLLMError
 from glan.llm.types import ChatResponse
-from glan.progress import RunStats
-from glan.ray_run import ENGINE_META, failures, finished_keys, stored_replies
-from glan.runfiles import ROWS, RunFilesError, StateDir
-from glan.store import NewNode, Store
+from glan.run.parts import ROWS, RunFilesError, StateDir
+from glan.run.ray_parts import ENGINE_META, failures, finished_keys, stored_replies
+from glan.run.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class RayEngine:
         )
         self.roots: set[str] = set()
 
-    def prepare(self, roots: list[NewNode]) -> None:
+    def prepare(self, roots: list[NewItem]) -> None:
         self.store.set_meta(ENGINE_META, "ray")
         self.roots = {node.id for node in roots if node.kind == "discipline"}
         self.narrow.prepare(roots)

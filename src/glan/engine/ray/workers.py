@@ -1,6 +1,6 @@
 """What runs inside the Ray cluster: the meter actor, the wide stages' workers, the spec sampler.
 
-Nothing here decides what to ask: each worker runs a ``Stage`` of ``glan.pipeline`` through a
+Nothing here decides what to ask: each worker runs a ``Stage`` of ``glan.stages.pipeline`` through a
 ``StoredTeacher``, exactly as the local engine does; only where replies are kept (a
 ``CallJournal``) and whose limiter is asked (the one ``Meter``) differ.
 """
@@ -18,32 +18,32 @@ import orjson
 import pyarrow as pa
 
 from glan.config import GenerateConfig
+from glan.costs.prices import PriceTable
+from glan.costs.progress import RunStats, StageStats
 from glan.engine.attempt import attempt
-from glan.engine.journal import CallJournal
+from glan.engine.ray.journal import CallJournal
 from glan.engine.teacher import StoredTeacher
+from glan.items import Item, NewItem
 from glan.llm.client import OpenAIClient
 from glan.llm.errors import FatalLLMError
 from glan.llm.limits import RateLimiter
 from glan.llm.types import ChatResponse
-from glan.pipeline import Pipeline
-from glan.pricing import PriceTable
-from glan.progress import RunStats, StageStats
 from glan.prompts import prompts_for
-from glan.ray_run import contains
-from glan.runfiles import RunFilesError, RunLocation, node_key, row_schema
-from glan.store import NewNode, Node
+from glan.run.parts import RunFilesError, RunLocation, node_key, row_schema
+from glan.run.ray_parts import contains
+from glan.stages.pipeline import Pipeline
 
 # Between the wide stages an item travels as its node and its parent, both JSON.
 ITEM_SCHEMA = pa.schema([("node", pa.string()), ("parent", pa.string())])
 
 
-def dump_node(node: Node | NewNode) -> str:
+def dump_node(node: Item | NewItem) -> str:
     return orjson.dumps(dataclasses.asdict(node)).decode()
 
 
-def load_node(text: str, attempts: Mapping[str, int]) -> Node:
+def load_node(text: str, attempts: Mapping[str, int]) -> Item:
     """A node, with how often earlier runs failed it (its teacher then asks anew)."""
-    node = Node(**orjson.loads(text))
+    node = Item(**orjson.loads(text))
     failed = attempts.get(node.id)
     return dataclasses.replace(node, attempts=failed) if failed else node
 

@@ -21,8 +21,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from glan.costs.prices import PriceTable
 from glan.llm.types import ChatResponse
-from glan.pricing import PriceTable
 
 # Stage name -> label, in pipeline order.
 LABELS = {

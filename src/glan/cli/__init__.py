@@ -15,10 +15,10 @@ from rich.table import Table
 
 from glan import api
 from glan.config import ConfigError, GenerateConfig
+from glan.costs.prices import PriceTable
 from glan.llm.errors import FatalLLMError
-from glan.pricing import PriceTable
-from glan.runfiles import RunFilesError
-from glan.store import StoreError
+from glan.run.parts import RunFilesError
+from glan.run.store import StoreError
 from glan.taxonomy import TaxonomyError
 
 app = typer.Typer(
@@ -368,10 +368,10 @@ def _logging(verbose: bool) -> None:
     )
 
 
-from glan.cli_taxonomy import register  # noqa: E402 - the taxonomy and prompts command groups
+from glan.cli.taxonomy import register  # noqa: E402 - the taxonomy and prompts command groups
 
 register(app)
-from glan.cli_data import register as register_data  # noqa: E402 - curate, export, report
+from glan.cli.data import register as register_data  # noqa: E402 - curate, export, report
 
 register_data(app)
 

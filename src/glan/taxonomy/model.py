@@ -118,7 +118,7 @@ class Review(BaseModel):
         return {} if value is None else value
 
 
-class Node(BaseModel):
+class TaxonomyNode(BaseModel):
     """A node of the tree: inner node (``children`` set) or discipline (``children`` None)."""
 
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True)
@@ -126,7 +126,7 @@ class Node(BaseModel):
     name: str
     description: str | None = None
     review: Review | None = None
-    children: list[Node] | None = None
+    children: list[TaxonomyNode] | None = None
 
     @property
     def is_leaf(self) -> bool:
@@ -164,7 +164,7 @@ class Taxonomy(BaseModel):
 
     name: str | None = None
     description: str | None = None
-    fields: list[Node]
+    fields: list[TaxonomyNode]
 
     @model_validator(mode="after")
     def _check_tree(self) -> Taxonomy:
@@ -242,10 +242,10 @@ class Taxonomy(BaseModel):
 
     # ------------------------------------------------------------------------------- reading
 
-    def walk(self) -> Iterator[tuple[tuple[str, ...], Node, bool]]:
+    def walk(self) -> Iterator[tuple[tuple[str, ...], TaxonomyNode, bool]]:
         """Every node in file order as ``(path, node, dropped)``; ``dropped`` counts ancestors."""
 
-        def visit(nodes: list[Node], parent: tuple[str, ...], dropped: bool):
+        def visit(nodes: list[TaxonomyNode], parent: tuple[str, ...], dropped: bool):
             for node in nodes:
                 path = (*parent, node.name)
                 node_dropped = dropped or node.state == "dropped"
@@ -519,7 +519,7 @@ def _norm(text: str) -> str:
     return ">".join(" ".join(part.split()).casefold() for part in text.split(">"))
 
 
-def _node_dict(node: Node) -> dict[str, Any]:
+def _node_dict(node: TaxonomyNode) -> dict[str, Any]:
     data: dict[str, Any] = {"name": node.name}
     if node.description is not None:
         data["description"] = node.description

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import orjson
 
-from glan.store import Store
+from glan.run.store import Store
 
 OUTPUT_NAME = "instructions.jsonl"
 

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 from glan.config import GenerateConfig
 from glan.ids import stable_id
 from glan.llm.types import ChatResponse
-from glan.runfiles import CALLS, FAILED, ROWS, RunFilesError, RunLocation, node_key
-from glan.store import Store
+from glan.run.parts import CALLS, FAILED, ROWS, RunFilesError, RunLocation, node_key
+from glan.run.store import Store
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from glan.curation.results import CurationRun
+    from glan.run.curation import CurationRun
 
 ENGINE_META = "engine"  # glan.db meta key; "ray" for a Ray run
 _KEY_CHARS = 16  # an id's first 16 hex digits are its node_key

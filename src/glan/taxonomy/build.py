@@ -29,20 +29,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from glan.config import ConfigError, resolve_endpoint
+from glan.costs.prices import PriceTable
 from glan.engine.teacher import StoredTeacher
 from glan.ids import stable_id, stable_int
+from glan.items import Item, NewItem
 from glan.languages import language_name
 from glan.llm.client import OpenAIClient
 from glan.llm.errors import FatalLLMError, LLMError
 from glan.llm.types import ChatRequest, ChatResponse
-from glan.pricing import PriceTable
 from glan.prompts import Prompts, prompts_for
+from glan.run.store import Store
 from glan.stages.base import user
 from glan.stages.subjects import normalise
-from glan.store import NewNode, Store
-from glan.store import Node as StoreNode
-from glan.taxonomy import Node, Review, Taxonomy
-from glan.taxonomy_edit import NodePath, write
+from glan.taxonomy.edit import NodePath, write
+from glan.taxonomy.model import Review, Taxonomy, TaxonomyNode
 
 _MARKER = re.compile(r"^(?:\d{1,3}[.)]\s+|[-*•]\s+)")
 STAGE = "taxonomy"
@@ -296,9 +296,9 @@ class _Builder:
             answers.append(done.result if done is not None and done.status == "done" else [])
         return answers
 
-    def _item(self, parent: Draft, level: int, seq: int) -> NewNode:
+    def _item(self, parent: Draft, level: int, seq: int) -> NewItem:
         node_id = stable_id(self.signature, "taxonomy", *parent.path)
-        return NewNode(
+        return NewItem(
             id=node_id,
             kind=KIND,
             parent_id=None,
@@ -307,7 +307,7 @@ class _Builder:
             data={"path": list(parent.path), "level": level, "description": parent.description},
         )
 
-    async def _ask(self, parent: Draft, node: StoreNode, level: int, result: BuildResult) -> None:
+    async def _ask(self, parent: Draft, node: Item, level: int, result: BuildResult) -> None:
         request = self._request(parent, level)
         async with self.slots:
             teacher = StoredTeacher(
@@ -414,8 +414,8 @@ def _label(level: int, depth: int) -> str:
     return LEVELS[min(level, len(LEVELS) - 1)]
 
 
-def _node(draft: Draft) -> Node:
-    return Node(
+def _node(draft: Draft) -> TaxonomyNode:
+    return TaxonomyNode(
         name=draft.path[-1],
         description=draft.description,
         review=Review(state="unreviewed"),

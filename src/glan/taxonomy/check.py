@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 from glan.stages.subjects import normalise
-from glan.taxonomy import Taxonomy, TaxonomyError
-from glan.taxonomy_edit import NodePath, fmt
-from glan.taxonomy_review import preview_merge
+from glan.taxonomy.edit import NodePath, fmt
+from glan.taxonomy.model import Taxonomy, TaxonomyError
+from glan.taxonomy.review import preview_merge
 
 
 @dataclass(frozen=True)

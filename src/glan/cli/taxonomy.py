@@ -20,11 +20,11 @@ from rich.tree import Tree
 from glan import prompts as prompt_templates
 from glan.config import ConfigError
 from glan.llm.errors import FatalLLMError
-from glan.store import DB_NAME, Store, StoreError
-from glan.taxonomy import Node, Taxonomy, TaxonomyError
-from glan.taxonomy_build import BuildConfig, build, default_work_dir
-from glan.taxonomy_check import check_file
-from glan.taxonomy_edit import (
+from glan.run.store import DB_NAME, Store, StoreError
+from glan.taxonomy import Taxonomy, TaxonomyError, TaxonomyNode
+from glan.taxonomy.build import BuildConfig, build, default_work_dir
+from glan.taxonomy.check import check_file
+from glan.taxonomy.edit import (
     add_node,
     edit_file,
     fmt,
@@ -33,7 +33,7 @@ from glan.taxonomy_edit import (
     remove_node,
     rename_node,
 )
-from glan.taxonomy_review import MergeResult, ReviewSession, collect_votes, merge_votes
+from glan.taxonomy.review import MergeResult, ReviewSession, collect_votes, merge_votes
 
 USER_ERRORS = (ConfigError, TaxonomyError, StoreError, FatalLLMError)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -479,7 +479,9 @@ def show_command(
     )
     tree = Tree("[dim]fields[/dim]", hide_root=True)
 
-    def add(branch: Tree, nodes: list[Node], parent: tuple[str, ...], dropped: bool) -> None:
+    def add(
+        branch: Tree, nodes: list[TaxonomyNode], parent: tuple[str, ...], dropped: bool
+    ) -> None:
         for node in nodes:
             path = (*parent, node.name)
             gone = dropped or node.state == "dropped"
@@ -523,7 +525,7 @@ def _summary(taxonomy: Taxonomy) -> str:
     return " · ".join(parts)
 
 
-def _state(node: Node, votes: bool) -> str:
+def _state(node: TaxonomyNode, votes: bool) -> str:
     if node.review is None:
         return ""
     colour = {"unreviewed": "yellow", "kept": "green", "dropped": "red"}[node.review.state]

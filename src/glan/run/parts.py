@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glan.ids import stable_id
+from glan.run.store import DB_NAME
 from glan.stages.answers import META_KEYS
-from glan.store import DB_NAME
 
 if TYPE_CHECKING:
     import pyarrow as pa

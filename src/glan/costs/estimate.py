@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from glan.config import GenerateConfig
+from glan.costs.prices import PriceTable
 from glan.llm.structured import json_schema_of
-from glan.pricing import PriceTable
 from glan.prompts import Prompts, prompts_for
 from glan.stages.subjects import SubjectList
 from glan.stages.syllabus import Syllabus

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from glan.config import ConfigError
-from glan.store import Store
+from glan.run.store import Store
 
 
 class Price(BaseModel):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from glan.store import Store
+from glan.run.store import Store
 
 COMPONENT = "curation"
 MIGRATIONS: list[str] = [

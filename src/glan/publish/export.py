@@ -36,12 +36,12 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from glan import ray_run
 from glan.curation.errors import require
-from glan.curation.results import CuratedRows, CurationRun
-from glan.runfiles import RunLocation, store_dir
+from glan.run import ray_parts as ray_run
+from glan.run.curation import CuratedRows, CurationRun
+from glan.run.parts import RunLocation, store_dir
+from glan.run.store import DB_NAME, Store
 from glan.stages.answers import META_KEYS
-from glan.store import DB_NAME, Store
 
 FORMATS = ("messages", "sharegpt", "alpaca")
 TARGETS = ("jsonl", "parquet", "hf")

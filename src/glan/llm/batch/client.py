@@ -41,7 +41,7 @@ from glan.llm.client import RetryPolicy, StructuredMode, error_message
 from glan.llm.errors import FatalLLMError, RequestFailed
 from glan.llm.structured import schema_in_prompt
 from glan.llm.types import ChatRequest, ChatResponse
-from glan.store import Store, StoreError
+from glan.run.store import Store, StoreError
 
 if TYPE_CHECKING:
     from glan.config import GenerateConfig

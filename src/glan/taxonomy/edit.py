@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from glan.taxonomy import PATH_SEP, Node, Review, Taxonomy, TaxonomyError, _norm
+from glan.taxonomy.model import PATH_SEP, Review, Taxonomy, TaxonomyError, TaxonomyNode, _norm
 
 try:  # POSIX; elsewhere the file is still replaced atomically, only not locked
     import fcntl
@@ -38,10 +38,10 @@ def fmt(path: NodePath) -> str:
     return PATH_SEP.join(path)
 
 
-def node_at(taxonomy: Taxonomy, path: NodePath) -> Node | None:
+def node_at(taxonomy: Taxonomy, path: NodePath) -> TaxonomyNode | None:
     """The node at exactly ``path`` (names compared ignoring case and spacing), or None."""
-    nodes: list[Node] | None = taxonomy.fields
-    found: Node | None = None
+    nodes: list[TaxonomyNode] | None = taxonomy.fields
+    found: TaxonomyNode | None = None
     for name in path:
         if nodes is None:
             return None
@@ -79,7 +79,7 @@ def locate(taxonomy: Taxonomy, query: str) -> NodePath:
     raise TaxonomyError(f"no node named '{query.strip()}' in the taxonomy{hint}")
 
 
-def siblings_of(taxonomy: Taxonomy, path: NodePath) -> list[Node]:
+def siblings_of(taxonomy: Taxonomy, path: NodePath) -> list[TaxonomyNode]:
     """The list holding the node at ``path`` (the fields, or its parent's children)."""
     if len(path) == 1:
         return taxonomy.fields
@@ -101,7 +101,9 @@ def clean_name(name: str) -> str:
     return text
 
 
-def _clash(nodes: list[Node], name: str, where: str, skip: Node | None = None) -> None:
+def _clash(
+    nodes: list[TaxonomyNode], name: str, where: str, skip: TaxonomyNode | None = None
+) -> None:
     for node in nodes:
         if node is not skip and _norm(node.name) == _norm(name):
             raise TaxonomyError(f"{where} already has a node named '{node.name}'")
@@ -127,7 +129,7 @@ def add_node(
     """
     name = clean_name(name)
     review = Review(state="unreviewed") if unreviewed else None
-    node = Node(name=name, description=description or None, review=review)
+    node = TaxonomyNode(name=name, description=description or None, review=review)
     if under is None:
         _clash(taxonomy.fields, name, "the top level")
         taxonomy.fields.append(node)

@@ -1,0 +1,1 @@
+"""Money and time: the price table, the estimate before a run, the progress during it."""

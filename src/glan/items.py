@@ -1,0 +1,42 @@
+"""The tree GLAN grows: every item (discipline, subject query, subject, question spec, answer)
+with a stable id derived from its parent's id and its position, so the same inputs give the same
+tree, the same prompts and the same samples. Stages make items; the run directory stores them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    kind: str
+    parent_id: str | None
+    root: str  # the discipline this node belongs to
+    seq: int
+    data: dict[str, Any]
+    status: str = "pending"
+    result: Any = None
+    error: str | None = None
+    attempts: int = 0
+
+    def done(self, result: Any) -> Item:
+        """This node, finished with ``result``."""
+        return Item(
+            self.id, self.kind, self.parent_id, self.root, self.seq, self.data, "done", result
+        )
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """A child to insert; ``status='done'`` for items that need no call (disciplines, subjects)."""
+
+    id: str
+    kind: str
+    parent_id: str | None
+    root: str
+    seq: int
+    data: dict[str, Any]
+    status: str = "pending"
+    result: Any = None

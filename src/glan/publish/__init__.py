@@ -1,0 +1,1 @@
+"""What leaves a run: the exported dataset and the HTML report."""
