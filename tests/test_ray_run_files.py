@@ -17,7 +17,10 @@ from conftest import read_rows
 from glan import api
 from glan.costs.prices import Price, PriceTable
 from glan.ids import stable_id
+from glan.items import NewItem
 from glan.publish.export import MANIFEST, export
+from glan.run import ENGINE_META, open_run
+from glan.run.curation import CuratedRows, CurationLog
 from glan.run.jsonl import OUTPUT_NAME
 from glan.run.parts import (
     CALLS,
@@ -32,11 +35,9 @@ from glan.run.parts import (
 )
 from glan.run.ray_parts import (
     Failure,
-    ParquetRows,
     done_keys,
     failures,
     finished_keys,
-    is_ray_run,
     keys_of,
     wide_usage,
 )
@@ -112,7 +113,7 @@ def test_status_of_a_ray_run_is_that_of_the_local_run(tmp_path, local_run):
     rows = to_ray(local_run, ray)
     store = Store.open(ray)
     try:
-        assert is_ray_run(store) and not store.counts().keys() & set(WIDE)
+        assert store.get_meta(ENGINE_META) == "ray" and not store.counts().keys() & set(WIDE)
     finally:
         store.close()
 
@@ -192,7 +193,7 @@ def test_failures_count_until_a_row_supersedes_them(tmp_path, local_run):
         ("answer", lost_answer["id"], "a boom"),
     ]
     assert not status.complete and status.failed == 3
-    assert pending["id"] not in {row["id"] for row in ParquetRows(location)}
+    assert pending["id"] not in {row["id"] for row in rows_of(ray)}
 
 
 def test_a_broken_part_is_skipped_and_set_aside_only_by_the_engine(tmp_path, local_run):
@@ -220,14 +221,28 @@ def test_a_broken_part_is_skipped_and_set_aside_only_by_the_engine(tmp_path, loc
 # -- export -------------------------------------------------------------------------------------
 
 
+def rows_of(run_dir: Path) -> list[dict[str, Any]]:
+    run = open_run(run_dir)
+    try:
+        return list(CuratedRows(run))
+    finally:
+        run.close()
+
+
 def test_parquet_rows_are_the_local_rows_each_once(tmp_path, local_run):
     ray = tmp_path / "ray"
     to_ray(local_run, ray)
-    rows = ParquetRows(RunLocation.of(str(ray)))
-    assert (rows.curation, rows.removed, rows.uncurated) == (None, 0, 0)
-    local = read_rows(local_run)
-    assert list(rows) == local  # the row written twice comes once, in place
-    assert list(rows) == local  # and a second pass reads the same
+    run = open_run(ray)
+    try:
+        rows = CuratedRows(run)
+        assert (rows.curation, rows.removed, rows.uncurated) == (None, 0, 0)
+        local = read_rows(local_run)
+        assert list(rows) == local  # the row written twice comes once, in place
+        assert list(rows) == local  # and a second pass reads the same
+        assert [seq for seq, _ in run.rows()] == list(range(1, 13))
+    finally:
+        run.close()
+    assert rows_of(ray) == local  # and so does the next reader, from the index
 
 
 @pytest.mark.parametrize("to", ["jsonl", "parquet"])
@@ -253,18 +268,86 @@ def test_export_of_a_ray_run_is_that_of_the_local_run(tmp_path, local_run, to):
 # -- the commands -------------------------------------------------------------------------------
 
 
-def test_curate_and_report_refuse_a_ray_run_in_one_line(tmp_path, local_run, cli):
+def test_curate_report_and_export_of_a_ray_run_are_those_of_the_local_run(tmp_path, local_run, cli):
+    """The commands a user runs after generating at scale read a Ray run as they read a local
+    one: the same removals, the same report figures, the same exported rows."""
     ray = tmp_path / "ray"
     to_ray(local_run, ray)
-    for command in ("curate", "report"):
-        result = cli(command, str(ray))
-        assert result.returncode == 1, result.stderr
-        assert "Traceback" not in result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Ray run directories" in lines[0], result.stderr
-    assert not (ray / "report.html").exists()
+    # a copy of a kept question and a refusal give curation something to remove
+    seeded = [*read_rows(local_run)[:2]]
+    seeded[0] = {**seeded[0], "id": "f" * 64}
+    seeded[1] = {
+        **seeded[1],
+        "id": "e" * 64,
+        "messages": [
+            seeded[1]["messages"][0],
+            {"role": "assistant", "content": "I am sorry, but I cannot help with that request."},
+        ],
+    }
+    for where in (local_run, ray):
+        add_rows(where, seeded)
+    for where in (local_run, ray):
+        result = cli("curate", str(where), "--language", "any")
+        assert result.returncode == 0, result.stderr
+    want, got = (curated(where) for where in (local_run, ray))
+    assert got == want and want["counts"] == {"refusal": 1, "exact_duplicate": 1}
+    assert want["removed"] == [("e" * 64, "refusal"), ("f" * 64, "exact_duplicate")]
 
-    result = cli("export", str(ray), "--out", str(tmp_path / "export"))
-    assert result.returncode == 0, result.stderr
-    assert "12 pairs" in result.stdout
+    for where in (local_run, ray):
+        result = cli("report", str(where), "--out", str(tmp_path / f"{where.name}.html"))
+        assert result.returncode == 0, result.stderr
+    want_page, got_page = (
+        figures((tmp_path / f"{w.name}.html").read_text(), w) for w in (local_run, ray)
+    )
+    assert got_page == want_page and '<div class="value">12</div>' in want_page
+
+    for where in (local_run, ray):
+        result = cli("export", str(where), "--out", str(tmp_path / f"export-{where.name}"))
+        assert result.returncode == 0, result.stderr
+        assert "12 pairs" in result.stdout
+    want_rows, got_rows = (
+        (tmp_path / f"export-{w.name}" / "train.jsonl").read_text() for w in (local_run, ray)
+    )
+    assert got_rows == want_rows
     assert cli("status", str(ray)).returncode == 0
+
+
+def add_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Pairs written after the others: output rows in glan.db, or a new rows/ part."""
+    store = Store.open(run_dir)
+    try:
+        if store.get_meta(ENGINE_META) == "ray":
+            write_parts(RunLocation.of(str(run_dir)), ROWS, row_schema(), [rows])
+            return
+        parent = next(iter(store.nodes("answer")))
+        for row in rows:
+            store.add_nodes([NewItem(row["id"], "answer", parent.parent_id, parent.root, 99, {})])
+            store.finish(store.get(row["id"]), row, output=True)
+    finally:
+        store.close()
+
+
+def curated(run_dir: Path) -> dict[str, Any]:
+    store = Store.open(run_dir)
+    try:
+        log = CurationLog(store)
+        latest = log.latest()
+        assert latest is not None
+        removals = log.removals(latest.id)
+        return {
+            "counts": latest.counts,
+            "kept": latest.rows_kept,
+            "removed": sorted((r.row_id, r.reason) for r in removals),
+            "matched": sorted(str(r.matched) for r in removals),
+        }
+    finally:
+        store.close()
+
+
+def figures(page: str, run_dir: Path) -> str:
+    """The report's text less the plots' scripts and what names the run directory or the time."""
+    import re
+
+    body = re.sub(r"<script.*?</script>", "", page, flags=re.S)
+    body = body.replace(str(run_dir), "RUN").replace(f"report: {run_dir.name}", "report: RUN")
+    return re.sub(r"\d{4}-\d\d-\d\d[ T][\d:]+", "TIME", body)

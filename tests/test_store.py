@@ -31,7 +31,7 @@ def test_calls_are_cached_by_request(tmp_path):
     store = Store.open(tmp_path)
     cached = store.cached_call(ask.key)
     assert cached is not None and cached.text == "y" and cached.cached
-    assert store.usage_by_stage() == {"answer": {"calls": 1, "tokens_in": 3, "tokens_out": 4}}
+    assert store.usage() == [("answer", "m", False, 1, 3, 4)]
     store.close()
 
 

@@ -17,9 +17,9 @@ from glan.engine.local import LocalEngine
 from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
 from glan.prompts import prompts_for
-from glan.run import ray_parts as ray_run
+from glan.run import Run, is_run, open_run
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
-from glan.run.parts import ROWS, RunLocation, StateDir, store_dir
+from glan.run.parts import StateDir
 from glan.run.store import DB_NAME, Store
 from glan.stages.pipeline import Pipeline
 from glan.taxonomy import Discipline, Taxonomy
@@ -105,9 +105,9 @@ async def agenerate(
                 await engine.run()
             finally:
                 output.close()
-        return status(run_dir, store, stats.prices)
     finally:
         store.close()
+    return status(run_dir, stats.prices)
 
 
 async def _generate_on_ray(
@@ -159,34 +159,20 @@ def plan(config: GenerateConfig) -> list[StageEstimate]:
     return estimate(config, disciplines, PriceTable.load(config.prices))
 
 
-def status(
-    run_dir: str | Path, store: Store | None = None, prices: PriceTable | None = None
-) -> RunStatus:
-    """Per-stage counts, requests, tokens and spend of a run directory, local or Ray (whose
-    questions and answers are in Parquet parts beside glan.db)."""
-    if store is None:
-        state = store_dir(run_dir)
-        if not (state / DB_NAME).exists():
-            raise ConfigError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
-        store = Store.open(state)
-        try:
-            return status(run_dir, store, prices)
-        finally:
-            store.close()
-    counts = store.counts()
-    usage = store.usage()
-    errors = store.errors()
-    dataset = str(Path(run_dir) / OUTPUT_NAME)
-    if ray_run.is_ray_run(store):
-        # questions and answers live in Parquet parts beside glan.db
-        location = RunLocation.of(str(run_dir))
-        dataset = location.shown(ROWS)
-        done = ray_run.done_keys(location)
-        failed = ray_run.failures(location, done)
-        counts.update(ray_run.wide_counts(store, done, failed))
-        usage += ray_run.wide_usage(location)
-        errors = ray_run.errors(store, failed)
-    spent = spend_by_stage(usage, prices)
+def status(run_dir: str | Path, prices: PriceTable | None = None) -> RunStatus:
+    """Per-stage counts, requests, tokens and spend of a run directory, local or Ray."""
+    if not is_run(run_dir):
+        raise ConfigError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
+    run = open_run(run_dir)
+    try:
+        return _status(run, prices)
+    finally:
+        run.close()
+
+
+def _status(run: Run, prices: PriceTable | None) -> RunStatus:
+    counts = run.counts()
+    spent = spend_by_stage(run.usage(), prices)
     stages: dict[str, StageStatus] = {}
     for stage in Pipeline(GenerateConfig()).stages.values():
         statuses = counts.get(stage.kind, {})
@@ -202,12 +188,12 @@ def status(
         )
     ordered = {name: stages[name] for name in LABELS}
     return RunStatus(
-        str(run_dir),
+        run.where,
         ordered,
         rows=ordered["answer"].done,
-        errors=errors,
-        removed=_removed_rows(store),
-        dataset=dataset,
+        errors=run.errors(),
+        removed=_removed_rows(run.store),
+        dataset=run.dataset,
     )
 
 

@@ -7,6 +7,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# A row's meta, in order: where its question came from, then how the row was made.
+FROM_QUESTION = (
+    "field",
+    "sub_field",
+    "discipline",
+    "subject",
+    "level",
+    "sessions",
+    "key_concepts",
+    "question_type",
+)
+META_KEYS = (
+    *FROM_QUESTION,
+    "question_model",
+    "answer_model",
+    "prompt_version",
+    "seed",
+    "language",
+    "syllabus_language",
+    "question_id",
+    "truncated",
+)
+
 
 @dataclass(frozen=True)
 class Item:

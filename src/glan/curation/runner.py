@@ -19,11 +19,10 @@ found, and dedup keeps 240 bytes per kept pair (see ``dedup.py``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from glan.curation.decontaminate import DEFAULT_FIELDS, BenchmarkIndex, load_benchmarks
@@ -31,9 +30,9 @@ from glan.curation.dedup import ExactDuplicates, NearDuplicates
 from glan.curation.errors import CurationError
 from glan.curation.filters import AnswerLeak, Filter, Refusal, TooShort, Truncated, WrongLanguage
 from glan.curation.text import normalise
+from glan.run import Run, is_run, open_run
 from glan.run.curation import CurationLog, CurationRun
-from glan.run.ray_parts import refusal
-from glan.run.store import DB_NAME, Store
+from glan.run.store import DB_NAME
 
 # Every reason a pair can be removed for, in the order they are tried.
 REASONS = (
@@ -102,8 +101,9 @@ class Curator:
             else None
         )
 
-    def judge(self, out_seq: int, row: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        """Why the pair should go (reason, what it matched), or None to keep it."""
+    def screen(self, row: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """Why the pair should go on its own merits (a benchmark leak, a quality filter), or
+        None: a verdict that needs no other row, so rows may come in any order."""
         question, answer = _pair(row)
         meta = row.get("meta") or {}
         if self.benchmarks is not None:
@@ -114,7 +114,12 @@ class Curator:
             found = check.check(question, answer, meta)
             if found is not None:
                 return check.reason, found
-        return self._dedup(out_seq, normalise(question))
+        return None
+
+    def dedup(self, seq: int, question: str) -> tuple[str, dict[str, Any]] | None:
+        """Why the pair duplicates one kept before it, or None (then it is kept, and later
+        pairs are compared with it). Called in id order, on pairs that passed ``screen``."""
+        return self._dedup(seq, normalise(question))
 
     def _dedup(self, out_seq: int, text: str) -> tuple[str, dict[str, Any]] | None:
         if self.exact is not None:
@@ -163,51 +168,81 @@ def build_filters(config: CurateConfig) -> list[Filter]:
 def curate(
     run_dir: str | Path, config: CurateConfig | None = None, *, progress: Progress | None = None
 ) -> CurationRun:
-    """Curate a run directory; the result is also stored, in force for export and report.
+    """Curate a run directory, local or Ray; the result is also stored, in force for export and
+    report.
 
-    Re-running replaces the previous curation (with the new settings); the generated data is
-    never changed.
+    Two passes: every pair is screened on its own (in output order, as the rows stream), then
+    the survivors are de-duplicated in id order, so a group of duplicates keeps its first *good*
+    pair. Re-running replaces the previous curation (with the new settings); the generated data
+    is never changed.
     """
-    run_dir = Path(run_dir)
-    if not (run_dir / DB_NAME).is_file():
+    if not is_run(run_dir):
         raise CurationError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
     config = config or CurateConfig()
-    # One connection streams the rows and, in between, commits removals in short transactions
-    # (SQLite allows a write while a read statement is open; they touch different tables).
-    store = Store.open(run_dir)
+    run = open_run(run_dir, write=True)
     try:
-        if why := refusal(store, "glan curate"):
-            raise CurationError(why)
         # Benchmarks and filters are loaded before anything is written: a bad file fails first.
-        curator = Curator(config, _question_lookup(store))
-        log = CurationLog(store)
-        through = store.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0]
+        curator = Curator(config, lambda seq: normalise(run.question(seq)))
+        log = CurationLog(run.store)
+        through = run.last_seq()
         run_id = log.start(config.model_dump(mode="json"), through)
-        counts: Counter[str] = Counter()
-        seen = 0
-        for out_seq, row_id, row in _rows_by_id(store, through):
-            seen += 1
-            verdict = curator.judge(out_seq, row)
+        tally = _Tally(progress)
+        screened_out = bytearray(through + 1)  # one byte a row: memory stays flat in the texts
+        for seq, row in run.rows():
+            if seq > through:
+                break
+            tally.see()
+            verdict = curator.screen(row)
             if verdict is not None:
-                reason, matched = verdict
-                counts[reason] += 1
-                log.remove(run_id, row_id, out_seq, reason, _with_ids(store, matched))
-            if progress is not None and seen % _PROGRESS_EVERY == 0:
-                progress(seen, sum(counts.values()))
+                screened_out[seq] = 1
+                tally.remove(log, run_id, row["id"], seq, *verdict)
+        for seq, row_id, question in run.questions_by_id(through):
+            if not screened_out[seq]:
+                verdict = curator.dedup(seq, question)
+                if verdict is not None:
+                    reason, matched = verdict
+                    tally.remove(log, run_id, row_id, seq, reason, _with_ids(run, matched))
         log.finish(
             run_id,
-            rows_in=seen,
-            rows_kept=seen - sum(counts.values()),
-            counts={reason: counts[reason] for reason in REASONS if counts[reason]},
+            rows_in=tally.seen,
+            rows_kept=tally.seen - tally.removed,
+            counts={reason: tally.counts[reason] for reason in REASONS if tally.counts[reason]},
             notes=curator.notes(),
         )
-        if progress is not None:
-            progress(seen, sum(counts.values()))
+        tally.report()
         result = log.latest()
         assert result is not None and result.id == run_id
         return result
     finally:
-        store.close()
+        run.close()
+
+
+class _Tally:
+    """Removals by reason, and progress every ``_PROGRESS_EVERY`` pairs."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.counts: Counter[str] = Counter()
+        self.seen = 0
+
+    @property
+    def removed(self) -> int:
+        return sum(self.counts.values())
+
+    def remove(
+        self, log: CurationLog, run_id: int, row_id: str, seq: int, reason: str, matched: Any
+    ) -> None:
+        self.counts[reason] += 1
+        log.remove(run_id, row_id, seq, reason, matched)
+
+    def see(self) -> None:
+        self.seen += 1
+        if self.seen % _PROGRESS_EVERY == 0:
+            self.report()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(self.seen, self.removed)
 
 
 def _pair(row: dict[str, Any]) -> tuple[str, str]:
@@ -221,39 +256,8 @@ def _pair(row: dict[str, Any]) -> tuple[str, str]:
     return question, answer
 
 
-def _rows_by_id(store: Store, through: int) -> Iterator[tuple[int, str, dict[str, Any]]]:
-    """(out_seq, id, row) of every output row up to ``through``, by id.
-
-    ``+out_seq`` keeps SQLite from using the out_seq index (and then sorting a million rows by id):
-    it walks the primary-key index instead, in order, a page at a time.
-    """
-    cursor = store.db.execute(
-        "SELECT out_seq, id, result FROM nodes WHERE +out_seq IS NOT NULL AND +out_seq <= ?"
-        " ORDER BY id",
-        (through,),
-    )
-    for out_seq, row_id, result in cursor:
-        yield out_seq, row_id, orjson.loads(result)
-
-
-def _question_lookup(store: Store) -> Callable[[int], str]:
-    """A kept pair's normalised question, read back from the store (texts are not held)."""
-
-    def text_of(out_seq: int) -> str:
-        row = store.db.execute(
-            "SELECT json_extract(result, '$.messages[0].content') FROM nodes WHERE out_seq = ?",
-            (out_seq,),
-        ).fetchone()
-        return normalise(row[0] or "") if row else ""
-
-    return text_of
-
-
-def _with_ids(store: Store, matched: dict[str, Any]) -> dict[str, Any]:
-    """Name a duplicate's original by its row id (dedup works with out_seq numbers)."""
+def _with_ids(run: Run, matched: dict[str, Any]) -> dict[str, Any]:
+    """Name a duplicate's original by its row id (dedup works with seq numbers)."""
     if "duplicate_of" not in matched:
         return matched
-    row = store.db.execute(
-        "SELECT id FROM nodes WHERE out_seq = ?", (matched["duplicate_of"],)
-    ).fetchone()
-    return {**matched, "duplicate_of": row[0] if row else None}
+    return {**matched, "duplicate_of": run.row_id(matched["duplicate_of"])}

@@ -17,7 +17,7 @@ read in, and choosing needs N ids per discipline in memory, not the rows.
 
 Everything streams: rows are read twice from SQLite (once to choose the test split, once to write)
 and written in batches, so memory stays flat at a million rows. A Ray run's rows are read the same
-way from its Parquet parts (rows/); it has no curation.
+way from its Parquet parts (rows/), through the same run-directory interface.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -37,11 +37,10 @@ from typing import IO, Any, Protocol
 import orjson
 
 from glan.curation.errors import require
-from glan.run import ray_parts as ray_run
-from glan.run.curation import CuratedRows, CurationRun
-from glan.run.parts import RunLocation, store_dir
-from glan.run.store import DB_NAME, Store
-from glan.stages.answers import META_KEYS
+from glan.items import META_KEYS
+from glan.run import is_run, open_run
+from glan.run.curation import CuratedRows
+from glan.run.store import DB_NAME
 
 FORMATS = ("messages", "sharegpt", "alpaca")
 TARGETS = ("jsonl", "parquet", "hf")
@@ -72,22 +71,6 @@ class ExportResult:
     @property
     def rows(self) -> int:
         return sum(self.splits.values())
-
-
-class Rows(Protocol):
-    """The pairs to export, iterable more than once: a ``CuratedRows`` (a local run) or a
-    ``ParquetRows`` (a Ray run)."""
-
-    @property
-    def curation(self) -> CurationRun | None: ...
-
-    @property
-    def removed(self) -> int: ...
-
-    @property
-    def uncurated(self) -> int: ...
-
-    def __iter__(self) -> Iterator[dict[str, Any]]: ...
 
 
 # -- layouts ------------------------------------------------------------------------------------
@@ -186,7 +169,7 @@ def _priority(seed: int, row_id: str) -> int:
 
 
 def choose_test(
-    rows: Rows, per_discipline: int, seed: int
+    rows: CuratedRows, per_discipline: int, seed: int
 ) -> tuple[set[str], Counter[str], Counter[str]]:
     """The ids of the test split, with pairs per discipline and test pairs per discipline."""
     heaps: dict[str, list[tuple[int, str]]] = {}
@@ -316,21 +299,16 @@ def export(
     use_curation: bool = True,
 ) -> ExportResult:
     """Write the run's pairs to ``out`` (default RUN/export/FORMAT-TO); see the module doc."""
-    state = store_dir(run_dir)  # where glan.db is: the run directory unless it is a URI
-    _check_options(run_dir, state, format, to, shard_size, test_per_discipline, push_to_hub)
+    _check_options(run_dir, format, to, shard_size, test_per_discipline, push_to_hub)
     token = _hub_token() if push_to_hub else None
     if out is None and "://" in str(run_dir):
         raise ExportError(f"exporting from {run_dir} needs --out DIR, a local directory")
-    target = Path(out) if out is not None else state / "export" / f"{format}-{to}"
+    target = Path(out) if out is not None else Path(run_dir) / "export" / f"{format}-{to}"
     _check_target(target)
-    store = Store.open(state)
+    run = open_run(run_dir)
     scratch = target.parent / f".{target.name}.partial-{os.getpid()}"
     try:
-        rows: Rows = (
-            ray_run.ParquetRows(RunLocation.of(str(run_dir)))
-            if ray_run.is_ray_run(store)
-            else CuratedRows(store, use_curation=use_curation)
-        )
+        rows = CuratedRows(run, use_curation=use_curation)
         test_ids, totals, tested = choose_test(rows, test_per_discipline, seed)
         if not totals:
             raise ExportError(f"{run_dir} has no pairs to export")
@@ -356,21 +334,20 @@ def export(
         _install(scratch, target)
         return result
     finally:
-        store.close()
+        run.close()
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _check_options(
     run_dir: str | Path,
-    state: Path,
     format: str,
     to: str,
     shard_size: int,
     test_per_discipline: int,
     push_to_hub: str | None,
 ) -> None:
-    if not (state / DB_NAME).is_file():
+    if not is_run(run_dir):
         raise ExportError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
     if format not in FORMATS:
         raise ExportError(f"unknown format {format!r}; choose {', '.join(FORMATS)}")
@@ -415,7 +392,7 @@ def _install(scratch: Path, target: Path) -> None:
 
 
 def _write_splits(
-    rows: Rows,
+    rows: CuratedRows,
     directory: Path,
     layout: str,
     to: str,

@@ -22,11 +22,12 @@ from typing import Any
 
 import jinja2
 
+from glan.costs.prices import spend_by_stage
 from glan.curation.errors import require
 from glan.curation.runner import REASONS
+from glan.run import Run, is_run, open_run
 from glan.run.curation import CuratedRows, CurationLog, CurationRun
-from glan.run.ray_parts import refusal
-from glan.run.store import DB_NAME, Store
+from glan.run.store import DB_NAME
 
 REPORT_NAME = "report.html"
 STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer")
@@ -110,14 +111,12 @@ class ReportData:
 # -- gathering ----------------------------------------------------------------------------------
 
 
-def gather(run_dir: Path) -> ReportData:
-    store = Store.open(run_dir)
+def gather(run_dir: str | Path) -> ReportData:
+    run = open_run(run_dir)
     try:
-        if why := refusal(store, "glan report"):
-            raise ReportError(why)
-        rows = CuratedRows(store)
+        rows = CuratedRows(run)
         disciplines: dict[str, Discipline] = {}
-        _add_syllabi(store, disciplines)
+        _add_syllabi(run.store, disciplines)
         questions: dict[str, array[int]] = defaultdict(lambda: array("I"))
         answers: dict[str, array[int]] = defaultdict(lambda: array("I"))
         for row in rows:
@@ -130,21 +129,27 @@ def gather(run_dir: Path) -> ReportData:
             messages = row.get("messages") or [{}, {}]
             questions[kind].append(len(str(messages[0].get("content") or "")))
             answers[kind].append(len(str(messages[-1].get("content") or "")))
-        examples, hits = _removals(store, rows.curation)
+        examples, hits = _removals(run, rows.curation)
+        spent = spend_by_stage(run.usage())
         return ReportData(
-            run_dir=run_dir,
+            run_dir=Path(run_dir),
             curation=rows.curation,
             uncurated=rows.uncurated,
             disciplines=disciplines,
             question_chars=dict(questions),
             answer_chars=dict(answers),
-            usage=_ordered_stages(store.usage_by_stage()),
-            cost=_cost(store),
+            usage=_ordered_stages(
+                {
+                    stage: {"calls": s.calls, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out}
+                    for stage, s in spent.items()
+                }
+            ),
+            cost={stage: s.cost for stage, s in spent.items()},
             examples=examples,
             benchmark_hits=hits,
         )
     finally:
-        store.close()
+        run.close()
 
 
 def _discipline(disciplines: dict[str, Discipline], meta: dict[str, Any]) -> Discipline:
@@ -161,7 +166,7 @@ def _concept_key(subject: Any, level: Any, concept: Any) -> int:
     return hash((str(subject), str(level), str(concept)))
 
 
-def _add_syllabi(store: Store, disciplines: dict[str, Discipline]) -> None:
+def _add_syllabi(store: Any, disciplines: dict[str, Discipline]) -> None:
     for subject in store.nodes("subject", "done"):
         discipline = _discipline(disciplines, subject.data)
         discipline.subjects += 1
@@ -176,22 +181,10 @@ def _ordered_stages(usage: dict[str, dict[str, int]]) -> dict[str, dict[str, int
     return {stage: usage[stage] for stage in known + sorted(set(usage) - set(known))}
 
 
-def _cost(store: Store) -> dict[str, float] | None:
-    """USD per stage from the price table, when this glan has one."""
-    try:
-        from glan.costs.prices import cost_by_stage
-    except ImportError:
-        return None
-    try:
-        return dict(cost_by_stage(store))
-    except Exception:  # a broken price table must not cost the user the whole report
-        return None
-
-
 def _removals(
-    store: Store, curation: CurationRun | None
+    run: Run, curation: CurationRun | None
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    log = CurationLog.existing(store)
+    log = CurationLog.existing(run.store)
     if curation is None or log is None:
         return {}, {}
     examples: dict[str, list[dict[str, Any]]] = {}
@@ -203,20 +196,12 @@ def _removals(
             examples[reason].append(
                 {
                     "id": removal.row_id,
-                    "question": _excerpt(_question(store, "out_seq", removal.out_seq)),
-                    "original": _excerpt(_question(store, "id", original)) if original else None,
+                    "question": _excerpt(run.question(removal.out_seq)),
+                    "original": _excerpt(run.question_of(original)) if original else None,
                     "matched": matched,
                 }
             )
     return examples, log.matched_benchmarks(curation.id)
-
-
-def _question(store: Store, column: str, value: Any) -> str:
-    row = store.db.execute(
-        f"SELECT json_extract(result, '$.messages[0].content') FROM nodes WHERE {column} = ?",
-        (value,),
-    ).fetchone()
-    return str(row[0] or "") if row else ""
 
 
 def _excerpt(text: str) -> str:
@@ -425,10 +410,11 @@ class Figures:
 
 def report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of a run directory; returns its path (default RUN/report.html)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / DB_NAME).is_file():
+    if not is_run(run_dir):
         raise ReportError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
-    target = Path(out) if out is not None else run_dir / REPORT_NAME
+    if out is None and "://" in str(run_dir):
+        raise ReportError(f"a report of {run_dir} needs --out FILE, a local path")
+    target = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
     figures = Figures()  # fails early, naming the extra, when plotly is missing
     page = render(gather(run_dir), figures)
     try:

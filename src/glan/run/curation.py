@@ -19,9 +19,12 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from glan.run.store import Store
+
+if TYPE_CHECKING:
+    from glan.run import Run
 
 COMPONENT = "curation"
 MIGRATIONS: list[str] = [
@@ -206,24 +209,18 @@ class CurationLog:
 
 
 class CuratedRows:
-    """The dataset as curated: every output row up to the curation's ``through_seq``, less the
-    pairs it removed, in output order; every output row when there is no curation (or
-    ``use_curation=False``). Streams: removed pairs are skipped by merging two sorted cursors."""
+    """The dataset as curated: every row of the run up to the curation's ``through_seq``, less
+    the pairs it removed, in output order; every row when there is no curation (or
+    ``use_curation=False``). Streams: removed pairs are skipped by merging two sorted streams."""
 
-    def __init__(self, store: Store, *, use_curation: bool = True) -> None:
-        self.store = store
-        log = CurationLog.existing(store) if use_curation else None
+    def __init__(self, run: Run, *, use_curation: bool = True) -> None:
+        self.run = run
+        log = CurationLog.existing(run.store) if use_curation else None
         self.log = log
         self.curation: CurationRun | None = log.latest() if log is not None else None
-        last = store.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0]
+        last = run.last_seq()
         self.through = self.curation.through_seq if self.curation else last
-        self.uncurated = (
-            store.db.execute(
-                "SELECT COUNT(*) FROM nodes WHERE out_seq > ?", (self.through,)
-            ).fetchone()[0]
-            if self.curation
-            else 0
-        )
+        self.uncurated = last - self.through
 
     @property
     def removed(self) -> int:
@@ -232,12 +229,12 @@ class CuratedRows:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         removed = self._removed_seqs()
         skip = next(removed, None)
-        for out_seq, row in self.store.outputs():
-            if out_seq > self.through:
+        for seq, row in self.run.rows():
+            if seq > self.through:
                 return
-            while skip is not None and skip < out_seq:
+            while skip is not None and skip < seq:
                 skip = next(removed, None)
-            if skip == out_seq:
+            if skip == seq:
                 continue
             yield row
 

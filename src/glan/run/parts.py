@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glan.ids import stable_id
+from glan.items import META_KEYS
 from glan.run.store import DB_NAME
-from glan.stages.answers import META_KEYS
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -169,9 +169,15 @@ class RunLocation:
             yield from self.read_part(path, columns, set_aside=set_aside)
 
     def read_part(
-        self, path: str, columns: Sequence[str] | None = None, *, set_aside: bool = False
+        self,
+        path: str,
+        columns: Sequence[str] | None = None,
+        *,
+        set_aside: bool = False,
+        strict: bool = False,
     ) -> Iterator[pa.RecordBatch]:
-        """The record batches of one part (a path ``parts`` gave), as ``read`` reads them."""
+        """The record batches of one part (a path ``parts`` gave), as ``read`` reads them;
+        ``strict`` raises ``BrokenPart`` where ``read`` would skip the part."""
         import pyarrow.parquet as pq
 
         try:
@@ -181,6 +187,8 @@ class RunLocation:
         except (OSError, ValueError) as error:
             if "Parquet" not in str(error) and "parquet" not in str(error):
                 raise RunFilesError(f"cannot read {path}: {error}") from None
+            if strict:
+                raise BrokenPart(f"{path} is not a whole Parquet file: {error}") from None
             if set_aside:
                 self.fs.move(path, path + ".broken")
 
@@ -232,6 +240,10 @@ def store_dir(run: str | Path) -> Path:
 
 class RunFilesError(Exception):
     """A run directory's Parquet parts cannot be read or written; the message says which."""
+
+
+class BrokenPart(RunFilesError):
+    """A part that cannot be read as Parquet (cut short, or still being written)."""
 
 
 class PartWriter:

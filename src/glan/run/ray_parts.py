@@ -13,7 +13,6 @@ from __future__ import annotations
 import heapq
 import json
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,24 +26,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from glan.run.curation import CurationRun
 
-ENGINE_META = "engine"  # glan.db meta key; "ray" for a Ray run
 _KEY_CHARS = 16  # an id's first 16 hex digits are its node_key
-
-
-def is_ray_run(store: Store) -> bool:
-    return store.get_meta(ENGINE_META) == "ray"
-
-
-def refusal(store: Store, command: str) -> str | None:
-    """Why ``command``, which reads rows from glan.db, cannot read this run; None when it can."""
-    if not is_ray_run(store):
-        return None
-    return (
-        f"{command} does not read Ray run directories yet, and {store.path.parent} is one"
-        " (glan status and glan export do)"
-    )
 
 
 def keys_of(ids: pa.Array) -> np.ndarray:
@@ -274,38 +257,3 @@ def wide_usage(location: RunLocation) -> list[tuple[str, str, bool, int, int, in
         )
         for group in total.to_pylist()
     ]
-
-
-# -- rows ---------------------------------------------------------------------------------------
-
-
-class ParquetRows:
-    """rows/ as ``glan export`` reads a ``CuratedRows``: each row dict once (the first of an id
-    written twice), in part order. A Ray run has no curation. The parts are fixed when made, so
-    every pass over it (export makes two) reads the same rows, even while a job adds parts."""
-
-    curation: CurationRun | None = None
-    removed = 0
-    uncurated = 0
-
-    def __init__(self, location: RunLocation) -> None:
-        self.location = location
-        self.parts = location.parts(ROWS)
-        # rare: a part written again after a killed job
-        self._repeated = _unique(_row_keys(location, self.parts))[1]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        readable = set(self.location.parts(ROWS))  # less any part found broken since
-        seen: set[int] = set()  # of the repeated keys only
-        for path in self.parts:
-            if path not in readable:
-                continue
-            for batch in self.location.read_part(path):
-                keys = keys_of(batch.column("id"))
-                repeated = contains(self._repeated, keys)
-                for row, key, again in zip(batch.to_pylist(), keys, repeated, strict=True):
-                    if again:
-                        if int(key) in seen:
-                            continue
-                        seen.add(int(key))
-                    yield row

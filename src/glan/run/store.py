@@ -256,15 +256,6 @@ class Store:
             )
         ]
 
-    def usage_by_stage(self) -> dict[str, dict[str, int]]:
-        usage: dict[str, dict[str, int]] = {}
-        for stage, _model, _batch, calls, tokens_in, tokens_out in self.usage():
-            entry = usage.setdefault(stage, {"calls": 0, "tokens_in": 0, "tokens_out": 0})
-            entry["calls"] += calls
-            entry["tokens_in"] += tokens_in
-            entry["tokens_out"] += tokens_out
-        return usage
-
     # -- nodes --------------------------------------------------------------------------------
 
     def add_nodes(self, nodes: Iterable[NewItem]) -> int:
@@ -389,6 +380,34 @@ class Store:
             "SELECT out_seq, result FROM nodes WHERE out_seq > ? ORDER BY out_seq", (after_seq,)
         ):
             yield out_seq, orjson.loads(result)
+
+    def last_out_seq(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0]
+
+    def questions_by_id(self, through: int) -> Iterator[tuple[int, str, str]]:
+        """(out_seq, id, question) of every output row up to ``through``, by id.
+
+        ``+out_seq`` keeps SQLite from using the out_seq index (and then sorting a million rows
+        by id): it walks the primary-key index instead, in order, a page at a time.
+        """
+        yield from self.db.execute(
+            "SELECT out_seq, id, COALESCE(json_extract(result, '$.messages[0].content'), '')"
+            " FROM nodes WHERE +out_seq IS NOT NULL AND +out_seq <= ? ORDER BY id",
+            (through,),
+        )
+
+    def question(self, column: str, value: Any) -> str:
+        """The question of the output row whose ``column`` (id or out_seq) is ``value``."""
+        assert column in ("id", "out_seq")
+        row = self.db.execute(
+            f"SELECT json_extract(result, '$.messages[0].content') FROM nodes WHERE {column} = ?",
+            (value,),
+        ).fetchone()
+        return str(row[0] or "") if row else ""
+
+    def output_id(self, out_seq: int) -> str | None:
+        row = self.db.execute("SELECT id FROM nodes WHERE out_seq = ?", (out_seq,)).fetchone()
+        return row[0] if row else None
 
     def out_seq_of(self, node_id: str) -> int | None:
         row = self.db.execute("SELECT out_seq FROM nodes WHERE id = ?", (node_id,)).fetchone()

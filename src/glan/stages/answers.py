@@ -6,32 +6,9 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from glan.config import GenerateConfig
-from glan.items import Item, NewItem
+from glan.items import FROM_QUESTION, Item, NewItem
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, system, user
-
-# A row's meta, in order: where its question came from, then how the row was made.
-FROM_QUESTION = (
-    "field",
-    "sub_field",
-    "discipline",
-    "subject",
-    "level",
-    "sessions",
-    "key_concepts",
-    "question_type",
-)
-META_KEYS = (
-    *FROM_QUESTION,
-    "question_model",
-    "answer_model",
-    "prompt_version",
-    "seed",
-    "language",
-    "syllabus_language",
-    "question_id",
-    "truncated",
-)
 
 
 class AnswerStage:

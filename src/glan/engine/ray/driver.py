@@ -30,8 +30,9 @@ from glan.engine.teacher import Client
 from glan.items import NewItem
 from glan.llm.errors import FatalLLMError
 from glan.llm.types import ChatResponse
+from glan.run import ENGINE_META
 from glan.run.parts import ROWS, RunFilesError, StateDir
-from glan.run.ray_parts import ENGINE_META, failures, finished_keys, stored_replies
+from glan.run.ray_parts import failures, finished_keys, stored_replies
 from glan.run.store import Store
 
 log = logging.getLogger(__name__)

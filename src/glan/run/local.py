@@ -1,0 +1,47 @@
+"""A local run: every item, reply and row in glan.db; instructions.jsonl mirrors the rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from glan.run.jsonl import OUTPUT_NAME
+from glan.run.store import Store
+
+
+class LocalRun:
+    def __init__(self, store: Store, where: str) -> None:
+        self.store = store
+        self.where = where
+        self.dataset = str(Path(where) / OUTPUT_NAME)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return self.store.counts()
+
+    def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
+        return self.store.usage()
+
+    def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:
+        return self.store.errors(limit)
+
+    def last_seq(self) -> int:
+        return self.store.last_out_seq()
+
+    def rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        return self.store.outputs()
+
+    def questions_by_id(self, through: int) -> Iterator[tuple[int, str, str]]:
+        return self.store.questions_by_id(through)
+
+    def question(self, seq: int) -> str:
+        return self.store.question("out_seq", seq)
+
+    def row_id(self, seq: int) -> str | None:
+        return self.store.output_id(seq)
+
+    def question_of(self, row_id: str) -> str:
+        return self.store.question("id", row_id)
+
+    def close(self) -> None:
+        self.store.close()
