@@ -63,3 +63,16 @@ class NewItem:
     data: dict[str, Any]
     status: str = "pending"
     result: Any = None
+
+    def as_item(self) -> Item:
+        """The item as the store gives it back once inserted."""
+        return Item(
+            self.id,
+            self.kind,
+            self.parent_id,
+            self.root,
+            self.seq,
+            self.data,
+            self.status,
+            self.result,
+        )

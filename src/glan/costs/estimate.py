@@ -13,10 +13,10 @@ from typing import Any
 
 from glan.config import GenerateConfig
 from glan.costs.prices import PriceTable
+from glan.items import Item
 from glan.llm.structured import json_schema_of
-from glan.prompts import Prompts, prompts_for
-from glan.stages.subjects import SubjectList
-from glan.stages.syllabus import Syllabus
+from glan.llm.types import ChatRequest
+from glan.stages.pipeline import Pipeline
 from glan.taxonomy import Discipline
 
 WIDE_STAGES = ("question", "answer")  # the stages a batch API takes
@@ -60,107 +60,99 @@ def estimate(
     assumptions: Assumptions | None = None,
 ) -> list[StageEstimate]:
     a = assumptions or Assumptions()
-    out = a.tokens_out
-    prompts = prompts_for(config.prompts_dir)  # the templates the run will really use
-    turns = 1 if config.single_turn else 2
+    pipeline = Pipeline(config)  # the stages, and so the prompts, that the run will really use
     queries = len(disciplines) * config.subject_queries
     per_discipline = config.subject_queries * a.subjects_per_query
     if config.max_subjects_per_discipline is not None:
         per_discipline = min(per_discipline, config.max_subjects_per_discipline)
     subjects = len(disciplines) * per_discipline
     questions = subjects * config.questions_per_syllabus
+    items = {"subjects": queries, "syllabus": subjects, "question": questions, "answer": questions}
 
-    subjects_prompt = sum(
-        _tokens(_subjects_prompt(prompts, config, d)) for d in disciplines
-    ) // max(1, len(disciplines))
-    syllabus_prompt = _tokens(_syllabus_prompt(prompts, config))
-    question_prompt = _tokens(_question_prompt(prompts, config, a))
-    answer_prompt = (
-        _tokens(prompts.render("answer_system", language=config.language)) + out["question"]
-    )
-
-    rows = [
-        (
-            "subjects",
-            queries,
-            _two_turns(prompts, subjects_prompt, out, "subjects", SubjectList, config.single_turn),
-        ),
-        (
-            "syllabus",
-            subjects,
-            _two_turns(prompts, syllabus_prompt, out, "syllabus", Syllabus, config.single_turn),
-        ),
-        ("question", questions, (question_prompt, out["question"])),
-        ("answer", questions, (answer_prompt, out["answer"])),
-    ]
     estimates = []
-    for stage, items, (tokens_in, tokens_out) in rows:
+    for stage, (prompt, turns, tokens_out) in _per_as_item(pipeline, disciplines, a).items():
         model = config.stage(stage).model or config.model
-        calls = items * (turns if stage in ("subjects", "syllabus") else 1)
-        total_in, total_out = items * tokens_in, items * tokens_out
+        total_in, total_out = items[stage] * prompt, items[stage] * tokens_out
         cost = prices.cost(model, total_in, total_out)
         batch = (
             prices.cost(model, total_in, total_out, batch=True) if stage in WIDE_STAGES else cost
         )
-        estimates.append(StageEstimate(stage, model, calls, total_in, total_out, cost, batch))
+        estimates.append(
+            StageEstimate(stage, model, items[stage] * turns, total_in, total_out, cost, batch)
+        )
     return estimates
 
 
-def _two_turns(
-    prompts: Prompts, prompt: int, out: dict[str, int], stage: str, schema: Any, single_turn: bool
-) -> tuple[int, int]:
-    """Tokens in and out for one item: a draft then a JSON turn, or JSON at once."""
-    schema_tokens = _tokens(json.dumps(json_schema_of(schema)))
-    if single_turn:
-        return prompt + schema_tokens, out[f"{stage}_json"]
-    draft = out[f"{stage}_draft"]
-    convert = _tokens(prompts.render(f"{stage}_json"))
-    return prompt + (prompt + draft + convert + schema_tokens), draft + out[f"{stage}_json"]
-
-
-def _subjects_prompt(prompts: Prompts, config: GenerateConfig, discipline: Discipline) -> str:
-    return prompts.render(
-        "subjects",
-        discipline=discipline.name,
-        path=" > ".join(discipline.path[:-1]),
-        description=discipline.description,
-        language=config.syllabus_language,
-    )
-
-
-def _syllabus_prompt(prompts: Prompts, config: GenerateConfig) -> str:
-    return prompts.render(
-        "syllabus",
-        discipline="Example discipline",
-        subject="An example subject of a typical length",
-        level="undergraduate",
-        subtopics=["A typical subtopic name"] * 6,
-        language=config.syllabus_language,
-    )
-
-
-def _question_prompt(prompts: Prompts, config: GenerateConfig, a: Assumptions) -> str:
+def _per_as_item(
+    pipeline: Pipeline, disciplines: list[Discipline], a: Assumptions
+) -> dict[str, tuple[int, int, int]]:
+    """(tokens in, calls, tokens out) of one item of each stage, priced from the request the
+    stage itself builds for a typical item (for subjects, the mean over the disciplines)."""
+    out = a.tokens_out
+    stages = pipeline.stages
+    roots = [new.as_item() for new in pipeline.roots(disciplines or [_EXAMPLE])]
+    roots = [root for root in roots if root.kind == "discipline"]
+    queries = [(pipeline.subjects.queries(root)[0].as_item(), root) for root in roots]
+    subjects_prompt = sum(_tokens(stages["subject_query"].request(*q)) for q in queries)
+    subjects_prompt //= len(queries)
+    discipline = roots[0]
     concept = "a typical key concept"
     session = {
         "title": "A typical class session title",
+        "description": "",
         "key_concepts": [concept] * a.concepts_per_session,
     }
-    return prompts.render(
-        "question",
-        discipline="Example discipline",
-        subject="An example subject of a typical length",
-        level="undergraduate",
-        outline=prompts.render("syllabus_outline", sessions=[session] * a.sessions_per_syllabus),
-        learned_up_to=a.sessions_per_syllabus // 2,
-        question_type="challenging",
-        sessions=[
-            {"number": 1, "title": session["title"]},
-            {"number": 2, "title": session["title"]},
-        ],
-        key_concepts=[concept] * 3,
-        language=config.language,
-    )
+    subject_data = {
+        **discipline.data,
+        "subject": "An example subject of a typical length",
+        "level": "undergraduate",
+        "subtopics": ["A typical subtopic name"] * 6,
+    }
+    subject = Item("subject", "subject", discipline.id, discipline.root, 0, subject_data)
+    subject = subject.done({"sessions": [session] * a.sessions_per_syllabus})
+    spec_data = {
+        **subject_data,
+        "question_type": "challenging",
+        "session_numbers": [1, 2],
+        "sessions": [session["title"]] * 2,
+        "key_concepts": [concept] * 3,
+    }
+    spec = Item("spec", "question", subject.id, subject.root, 0, spec_data)
+    question = spec.done({"question": "", "model": "", "finish_reason": "stop"})
+    answer = stages["question"].expand(question)[0].as_item()
+    single = pipeline.config.single_turn
+    syllabus_prompt = _tokens(stages["subject"].request(subject, discipline))
+    return {
+        "subjects": _two_turns(stages["subject_query"], subjects_prompt, out, "subjects", single),
+        "syllabus": _two_turns(stages["subject"], syllabus_prompt, out, "syllabus", single),
+        "question": (_tokens(stages["question"].request(spec, subject)), 1, out["question"]),
+        "answer": (
+            _tokens(stages["answer"].request(answer, question)) + out["question"],
+            1,
+            out["answer"],
+        ),
+    }
 
 
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)
+def _two_turns(
+    stage: Any, prompt: int, out: dict[str, int], name: str, single_turn: bool
+) -> tuple[int, int, int]:
+    """Tokens in, calls and tokens out for one item: a draft then a JSON turn (the paper's
+    way), or JSON at once."""
+    schema_tokens = _tokens(json.dumps(json_schema_of(stage.schema)))
+    if single_turn:
+        return prompt + schema_tokens, 1, out[f"{name}_json"]
+    draft = out[f"{name}_draft"]
+    convert = max(1, len(stage.convert) // 4)
+    return prompt + (prompt + draft + convert + schema_tokens), 2, draft + out[f"{name}_json"]
+
+
+# Prices an estimate of a run with no disciplines (an empty selection is refused before this).
+_EXAMPLE = Discipline("Example field", None, "Example discipline", ("Example field", "Example"))
+
+
+def _tokens(value: ChatRequest | str) -> int:
+    """About four characters a token, over every message of a request."""
+    if isinstance(value, ChatRequest):
+        value = "".join(str(m["content"]) for m in value.messages)
+    return max(1, len(value) // 4)

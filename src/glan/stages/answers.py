@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from glan.config import GenerateConfig
 from glan.items import FROM_QUESTION, Item, NewItem
+from glan.llm.types import ChatRequest
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, system, user
 
@@ -23,11 +24,13 @@ class AnswerStage:
         # The same for every answer of the run: rendered once.
         self.system = self.prompts.render("answer_system", language=config.language)
 
+    def request(self, node: Item, parent: Item) -> ChatRequest:
+        question = parent.result["question"]
+        return request_for(self.config, self.settings, node, system(self.system), user(question))
+
     async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
         question = parent.result["question"]
-        reply = await teacher.text(
-            request_for(self.config, self.settings, node, system(self.system), user(question))
-        )
+        reply = await teacher.text(self.request(node, parent))
         meta = {key: parent.data.get(key) for key in FROM_QUESTION}
         meta.update(
             question_model=parent.result["model"],

@@ -27,11 +27,15 @@ class Teacher(Protocol):
 
 
 class Stage(Protocol):
-    """One level of the tree: ``run`` does a node's calls, ``expand`` derives its children."""
+    """One level of the tree: ``request`` builds a node's (first) request, ``run`` does its
+    calls, ``expand`` derives its children. The engine runs ``run``; ``glan estimate`` prices
+    ``request``: both see the same prompt."""
 
     kind: ClassVar[str]  # the node kind this stage works on
     name: ClassVar[str]  # the config section and progress label
     output: ClassVar[bool]  # results are rows of instructions.jsonl
+
+    def request(self, node: Item, parent: Item) -> ChatRequest: ...
 
     async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any: ...
 

@@ -55,7 +55,7 @@ class Pipeline:
                 },
             )
             nodes.append(root)
-            nodes.extend(self.subjects.queries(_as_node(root)))
+            nodes.extend(self.subjects.queries(root.as_item()))
         return nodes
 
     def children(self, node: Item) -> list[NewItem]:
@@ -74,16 +74,3 @@ class Pipeline:
             c.challenging_ratio,
             c.seed,
         )
-
-
-def _as_node(new: NewItem) -> Item:
-    return Item(
-        id=new.id,
-        kind=new.kind,
-        parent_id=new.parent_id,
-        root=new.root,
-        seq=new.seq,
-        data=new.data,
-        status=new.status,
-        result=new.result,
-    )

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from glan.config import GenerateConfig
 from glan.ids import stable_id, stable_int
 from glan.items import Item, NewItem
+from glan.llm.types import ChatRequest
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, user
 
@@ -91,7 +92,7 @@ class QuestionStage:
                 self._outlines.popitem(last=False)
         return outline
 
-    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
+    def request(self, node: Item, parent: Item) -> ChatRequest:
         spec = node.data
         prompt = self.prompts.render(
             "question",
@@ -108,7 +109,10 @@ class QuestionStage:
             key_concepts=spec["key_concepts"],
             language=self.config.language,
         )
-        reply = await teacher.text(request_for(self.config, self.settings, node, user(prompt)))
+        return request_for(self.config, self.settings, node, user(prompt))
+
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
+        reply = await teacher.text(self.request(node, parent))
         return {
             "question": reply.text.strip(),
             "model": reply.model or self.settings.model,

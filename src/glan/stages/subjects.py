@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator
 from glan.config import GenerateConfig
 from glan.ids import stable_id
 from glan.items import Item, NewItem
+from glan.llm.types import ChatRequest
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, draft_then_json, request_for, user
 
@@ -38,11 +39,13 @@ class SubjectsStage:
     kind: ClassVar[str] = "subject_query"
     name: ClassVar[str] = "subjects"
     output: ClassVar[bool] = False
+    schema: ClassVar[type[BaseModel]] = SubjectList
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
         self.settings = config.stage(self.name)
         self.prompts = prompts_for(config.prompts_dir)
+        self.convert = self.prompts.render("subjects_json")
 
     def queries(self, discipline: Item) -> list[NewItem]:
         return [
@@ -57,9 +60,9 @@ class SubjectsStage:
             for q in range(self.config.subject_queries)
         ]
 
-    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
+    def request(self, node: Item, parent: Item) -> ChatRequest:
         lineage = parent.data
-        ask = request_for(
+        return request_for(
             self.config,
             self.settings,
             node,
@@ -74,8 +77,10 @@ class SubjectsStage:
             ),
             tag=f"query-{node.data['query']}",
         )
+
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
         listing = await draft_then_json(
-            teacher, ask, self.prompts.render("subjects_json"), SubjectList, self.config.single_turn
+            teacher, self.request(node, parent), self.convert, self.schema, self.config.single_turn
         )
         return [subject.model_dump() for subject in listing.subjects]
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from glan.config import GenerateConfig
 from glan.items import Item, NewItem
+from glan.llm.types import ChatRequest
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, draft_then_json, request_for, user
 from glan.stages.questions import sample_specs
@@ -44,14 +45,16 @@ class SyllabusStage:
     kind: ClassVar[str] = "subject"
     name: ClassVar[str] = "syllabus"
     output: ClassVar[bool] = False
+    schema: ClassVar[type[BaseModel]] = Syllabus
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
         self.settings = config.stage(self.name)
         self.prompts = prompts_for(config.prompts_dir)
+        self.convert = self.prompts.render("syllabus_json")
 
-    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
-        ask = request_for(
+    def request(self, node: Item, parent: Item) -> ChatRequest:
+        return request_for(
             self.config,
             self.settings,
             node,
@@ -66,8 +69,10 @@ class SyllabusStage:
                 )
             ),
         )
+
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
         syllabus = await draft_then_json(
-            teacher, ask, self.prompts.render("syllabus_json"), Syllabus, self.config.single_turn
+            teacher, self.request(node, parent), self.convert, self.schema, self.config.single_turn
         )
         return syllabus.model_dump()
 
