@@ -30,7 +30,7 @@ MAX_REQUESTS = 50_000
 MAX_BYTES = 200_000_000
 AZURE_API_VERSION = "2024-10-21"  # the data-plane API's GA version with batches
 AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
-FINAL = frozenset({"completed", "expired", "cancelled", "failed"})
+FINAL = frozenset({"completed", "expired", "cancelled", "failed"})  # nothing changes after these
 
 
 class NotFound(RequestFailed):
