@@ -21,9 +21,11 @@ import pytest
 
 from conftest import API_KEY, cli_env, read_rows, write_config
 from glan import api
-from glan.llm.batch.client import MIGRATIONS, BatchClient, azure_options
+from glan.llm.batch.client import BatchClient
+from glan.llm.batch.http import azure_options
 from glan.llm.errors import RequestFailed
 from glan.llm.types import ChatRequest
+from glan.run.batches import MIGRATIONS, SqliteBatchRecords
 from glan.run.store import Store
 from glan.testing.fake_teacher import FakeTeacher
 
@@ -231,7 +233,7 @@ def chat_requests(count: int, model: str = "m", words: int = 1) -> list[ChatRequ
 def client_for(fake: FakeTeacher, store: Store, **options: Any) -> BatchClient:
     values: dict[str, Any] = {"poll_interval": 0.02, "flush_after": 0.05}
     values.update(options)
-    return BatchClient(fake.base_url, API_KEY, store, **values)
+    return BatchClient(fake.base_url, API_KEY, SqliteBatchRecords(store), **values)
 
 
 async def test_batches_are_split_by_requests_bytes_and_model(tmp_path, fake):
@@ -257,7 +259,7 @@ async def test_openai_and_azure_request_shapes(tmp_path, fake):
     async with BatchClient(
         azure_url,
         API_KEY,
-        store,
+        SqliteBatchRecords(store),
         azure=True,
         api_version="2024-10-21",
         poll_interval=0.02,

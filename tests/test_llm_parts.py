@@ -8,6 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from glan.ids import canonical_bytes, digest_id
+from glan.llm.client import retry_after_seconds
 from glan.llm.errors import ParseError
 from glan.llm.structured import extract_json, json_schema_of, parse_reply, schema_in_prompt
 from glan.llm.types import ChatRequest, unpack_request
@@ -77,3 +78,11 @@ def test_the_wire_bytes_are_the_canonical_body():
     assert json.loads(r.wire) == r.body()
     assert r.wire == canonical_bytes(r.body())
     assert r.key == digest_id(canonical_bytes({"body": r.body(), "tag": "q-1"}))
+
+
+def test_retry_after_reads_seconds_and_dates_and_ignores_the_rest():
+    assert retry_after_seconds({"Retry-After": "7"}) == 7.0
+    assert retry_after_seconds({"Retry-After": "-3"}) == 0.0
+    assert retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # past
+    assert retry_after_seconds({"Retry-After": "soon"}) is None
+    assert retry_after_seconds({}) is None and retry_after_seconds(None) is None

@@ -18,6 +18,7 @@ from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
 from glan.prompts import prompts_for
 from glan.run import Run, is_run, open_run
+from glan.run.batches import SqliteBatchRecords
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
 from glan.run.parts import StateDir
 from glan.run.store import DB_NAME, Store
@@ -89,7 +90,9 @@ async def agenerate(
         output.open(store)
         client = OpenAIClient.for_settings(config, base_url, api_key, config.limits())
         # --batch: the wide stages go through the provider's batch API, the others stay online.
-        batch = BatchClient.for_config(config, base_url, api_key, store) if config.batch else None
+        batch = None
+        if config.batch:
+            batch = BatchClient.for_config(config, base_url, api_key, SqliteBatchRecords(store))
         async with client, batch or contextlib.nullcontext():
             engine = LocalEngine(
                 config,

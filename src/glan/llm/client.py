@@ -45,7 +45,8 @@ class TeacherSettings(Protocol):
     concurrency: int
 
 
-_RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
+# Statuses worth another try, here and in the batch API.
+RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
 
 @dataclass
@@ -195,7 +196,7 @@ class OpenAIClient:
             # Everyone waits, not just this request: the provider counts them all.
             self.rate_limited += 1
             self.concurrency.back_off()
-            limiter.pause(_retry_after(headers) or self.retry.delay(attempt, None))
+            limiter.pause(retry_after_seconds(headers) or self.retry.delay(attempt, None))
         message = error_message(payload) or f"HTTP {status}"
         if status in (401, 403):
             raise FatalLLMError(
@@ -214,9 +215,9 @@ class OpenAIClient:
                 )
                 self.structured = "prompt"
             return "response_format refused", 0.0
-        if status not in _RETRY_STATUSES:
+        if status not in RETRY_STATUSES:
             raise RequestFailed(f"HTTP {status}: {message}")
-        return f"HTTP {status}: {message}", _retry_after(headers)
+        return f"HTTP {status}: {message}", retry_after_seconds(headers)
 
     def limiter(self, model: str) -> Limiter:
         limiter = self._limiters.get(model)
@@ -268,12 +269,18 @@ def error_message(payload: Any) -> str:
     return str(payload or "")
 
 
-def _retry_after(headers: Any) -> float | None:
+def retry_after_seconds(headers: Any) -> float | None:
+    """The Retry-After header in seconds (sent as seconds or as an HTTP date); None when absent
+    or unreadable: a malformed header costs the server's hint, not the request."""
     value = headers.get("Retry-After") if headers is not None else None
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
