@@ -146,10 +146,11 @@ class RayEngine:
             expand_specs,
             batch_format="pyarrow",
             num_cpus=TASK_CPUS,
-            # Ray Data would fuse this into the question pool's tasks (one task per syllabus
-            # block; measured: half the rate); a remote-args function keeps it apart, so the
-            # questions come in small blocks spread over every worker.
-            ray_remote_args_fn=_task_args,
+            # Ray Data fuses tasks into the actor pool after them (one task per syllabus block;
+            # measured: half the rate) unless the task pool's size differs from the actor
+            # pool's: twice as many sampling tasks at once keeps them apart, so the questions
+            # come in small blocks spread over every worker.
+            concurrency=2 * options.workers,
             fn_kwargs={"config": self.config, "done": done},
         )
         for stage in ("question", "answer"):
@@ -199,10 +200,6 @@ class RayEngine:
             stats.requests = counted.requests
             stats.tokens_in, stats.tokens_out = counted.tokens_in, counted.tokens_out
             stats.cost = counted.cost
-
-
-def _task_args() -> dict[str, Any]:
-    return {"num_cpus": TASK_CPUS}
 
 
 async def _in_daemon_thread(function: Any, *args: Any) -> None:
