@@ -13,7 +13,7 @@ from glan.config import ConfigError, GenerateConfig, resolve_endpoint
 from glan.costs.estimate import WIDE_STAGES, StageEstimate, estimate
 from glan.costs.prices import PriceTable, StageSpend, spend_by_stage
 from glan.costs.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
-from glan.engine.local import LocalEngine
+from glan.engine.local import Limits, LocalEngine
 from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
 from glan.prompts import prompts_for
@@ -94,8 +94,11 @@ async def agenerate(
         if config.batch:
             batch = BatchClient.for_config(config, base_url, api_key, SqliteBatchRecords(store))
         async with client, batch or contextlib.nullcontext():
+            pipeline = Pipeline(config)
             engine = LocalEngine(
-                config,
+                pipeline,
+                Limits.of(config),
+                prompts_for(config.prompts_dir),
                 store,
                 client,
                 output,
@@ -103,7 +106,7 @@ async def agenerate(
                 _display(progress, stats),
                 batch_clients=dict.fromkeys(WIDE_STAGES, batch) if batch else None,
             )
-            engine.prepare(Pipeline(config).roots(disciplines))
+            engine.prepare(pipeline.roots(disciplines))
             try:
                 await engine.run()
             finally:

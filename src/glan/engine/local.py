@@ -10,23 +10,36 @@ import asyncio
 import contextlib
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from glan.config import GenerateConfig
 from glan.costs.progress import RunStats
 from glan.engine.attempt import attempt
 from glan.engine.teacher import Client, StoredTeacher
 from glan.items import Item, NewItem
 from glan.llm.batch.client import ORIGIN
-from glan.prompts import prompts_for
+from glan.prompts import Prompts
 from glan.run.jsonl import JsonlOutput
 from glan.run.store import Store
 from glan.stages import Stage
-from glan.stages.pipeline import KINDS, Pipeline
+from glan.stages.base import Workflow
 
 TICK = 0.1  # seconds between commits of bookkeeping nobody waits for, output flushes, redraws
 BATCH = 256  # pending items read from the store at a time, per kind
-UPSTREAM = ("subject", "subject_query")
+
+
+@dataclass(frozen=True)
+class Limits:
+    concurrency: int  # requests in flight
+    repair_attempts: int  # repair turns for JSON that will not validate
+    batch_max_requests: int = 0  # requests per provider batch, for stages on a batch API
+
+    @classmethod
+    def of(cls, config: Any) -> Limits:
+        """The limits a run's or a build's config sets."""
+        return cls(
+            config.concurrency, config.repair_attempts, getattr(config, "batch_max_requests", 0)
+        )
 
 
 class Display(Protocol):
@@ -38,50 +51,54 @@ class Display(Protocol):
 class LocalEngine:
     def __init__(
         self,
-        config: GenerateConfig,
+        workflow: Workflow,
+        limits: Limits,
+        prompts: Prompts,
         store: Store,
         client: Client,
         output: JsonlOutput | None,
         stats: RunStats,
         display: Display,
         batch_clients: Mapping[str, Client] | None = None,
-        kinds: tuple[str, ...] = KINDS,
+        kinds: tuple[str, ...] | None = None,
     ) -> None:
-        """``kinds``: the stages this engine runs (the Ray engine runs the narrow ones here);
-        children of other kinds are left to whoever runs those."""
-        self.config = config
-        self.kinds = kinds
+        """``kinds``: the stages this engine runs (default: all; the Ray engine runs the narrow
+        ones here); children of other kinds are left to whoever runs those."""
+        self.pipeline = workflow
+        self.limits = limits
+        # Deepest first: finishing answers before starting new syllabi keeps the queue short and
+        # gets rows out early.
+        self.kinds = kinds if kinds is not None else tuple(reversed(workflow.stages))
         self.store = store
         self.client = client
         self.batch_clients = dict(batch_clients or {})  # stage name -> its batch API client
         self.output = output
         self.stats = stats
         self.display = display
-        self.pipeline = Pipeline(config)
-        self.prompts = prompts_for(config.prompts_dir)
-        self._queues: dict[str, deque[tuple[int, Item]]] = {kind: deque() for kind in kinds}
-        self._cursor: dict[str, int] = dict.fromkeys(kinds, 0)
-        self._drained: dict[str, bool] = dict.fromkeys(kinds, False)
+        self.prompts = prompts
+        self._queues: dict[str, deque[tuple[int, Item]]] = {kind: deque() for kind in self.kinds}
+        self._cursor: dict[str, int] = dict.fromkeys(self.kinds, 0)
+        self._drained: dict[str, bool] = dict.fromkeys(self.kinds, False)
         self._running: dict[asyncio.Task[None], str] = {}
         self._slot_free = asyncio.Event()
         self._error: BaseException | None = None
         self._parents: OrderedDict[str, Item] = OrderedDict()
         self._fresh_after = float("inf")  # items with a higher rowid were created by this run
         # Upstream stages keep a share of the slots, so syllabi keep coming while questions flow.
-        self._reserved = max(1, config.concurrency // 8)
+        self._reserved = max(1, limits.concurrency // 8)
         # Batched stages fill whole batches, so they get their own, much larger limit: two
         # batches' worth, one filling while the other runs. The other stages keep `concurrency`.
         self._batched = frozenset(
             kind for kind, stage in self.pipeline.stages.items() if stage.name in self.batch_clients
         )
-        self._batch_limit = 2 * config.batch_max_requests
+        self._batch_limit = 2 * limits.batch_max_requests
         self._in_flight: Counter[str] = Counter()  # running tasks by kind
 
     # -- setup --------------------------------------------------------------------------------
 
     def prepare(self, roots: list[NewItem]) -> None:
         """Plant the roots, re-queue failed items, re-grow finished nodes if the shape changed."""
-        self.store.set_roots(node.id for node in roots if node.kind == "discipline")
+        self.store.set_roots({node.root for node in roots})
         self.store.retry_failed()
         self.store.add_nodes(roots)
         signature = self.pipeline.expansion_signature()
@@ -98,11 +115,12 @@ class LocalEngine:
                 stats.done = statuses.get("done", 0)
 
     def _reexpand(self) -> None:
-        for kind in ("discipline", "subject"):
+        for kind in self.pipeline.regrow:
             for node in self.store.nodes(kind, "done"):
                 self.store.add_nodes(self._children(node))
-        for discipline in self.store.nodes("discipline", "done"):
-            self._merge_if_complete(discipline.id)
+        if self.pipeline.gathered is not None:
+            for parent in self.store.nodes(self.pipeline.gathered[1], "done"):
+                self._merge_if_complete(parent.id)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -153,15 +171,16 @@ class LocalEngine:
         self._slot_free.set()
 
     def _next(self) -> tuple[Stage, Item, bool] | None:
-        upstream_running = sum(self._in_flight[kind] for kind in UPSTREAM)
+        upstream = self.pipeline.upstream
+        upstream_running = sum(self._in_flight[kind] for kind in upstream)
         batched = sum(self._in_flight[kind] for kind in self._batched)
         room = {  # by "is the stage batched"
-            False: len(self._running) - batched < self.config.concurrency,
+            False: len(self._running) - batched < self.limits.concurrency,
             True: batched < self._batch_limit,
         }
         order = self.kinds
         if upstream_running < self._reserved:
-            order = UPSTREAM + tuple(k for k in self.kinds if k not in UPSTREAM)
+            order = upstream + tuple(k for k in self.kinds if k not in upstream)
         for kind in order:
             if not room[kind in self._batched]:
                 continue
@@ -204,7 +223,7 @@ class LocalEngine:
             self.stats,
             node,
             stage.name,
-            self.config.repair_attempts,
+            self.limits.repair_attempts,
             self.prompts,
             fresh=fresh,
         )
@@ -219,7 +238,8 @@ class LocalEngine:
         if children:
             self._remember_parent(done)  # its children are about to ask for it
         self._add(children)
-        if stage.kind == "subject_query" and node.parent_id is not None:
+        gathered = self.pipeline.gathered
+        if gathered is not None and stage.kind == gathered[0] and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
         if stage.output and self.output is not None:
             output = self.output
@@ -228,12 +248,13 @@ class LocalEngine:
         # after a crash the node is rebuilt for free from its committed calls.
         stats.done += 1
 
-    def _merge_if_complete(self, discipline_id: str) -> None:
-        queries = self.store.children(discipline_id, kind="subject_query")
-        if queries and all(q.status == "done" for q in queries):
-            discipline = self.store.get(discipline_id)
-            assert discipline is not None
-            self._add(self.pipeline.subjects.merge(discipline, queries))
+    def _merge_if_complete(self, parent_id: str) -> None:
+        assert self.pipeline.gathered is not None
+        siblings = self.store.children(parent_id, kind=self.pipeline.gathered[0])
+        if siblings and all(s.status == "done" for s in siblings):
+            parent = self.store.get(parent_id)
+            assert parent is not None
+            self._add(self.pipeline.merge(parent, siblings))
 
     def _children(self, node: Item) -> list[NewItem]:
         return [child for child in self.pipeline.children(node) if child.kind in self.kinds]
@@ -247,7 +268,8 @@ class LocalEngine:
                 self.stats.stages[name].total += added
 
     def _parent(self, node: Item) -> Item:
-        assert node.parent_id is not None
+        if node.parent_id is None:  # a root: what it is asked from is in its own data
+            return node
         parent = self._parents.get(node.parent_id)
         if parent is None:
             parent = self.store.get(node.parent_id)

@@ -42,6 +42,24 @@ class Stage(Protocol):
     def expand(self, node: Item) -> list[NewItem]: ...
 
 
+class Workflow(Protocol):
+    """What an engine runs: the stages by the item kind each works on, and how the tree grows.
+    GLAN's pipeline is one; the taxonomy build's levels are another."""
+
+    stages: dict[str, Stage]  # shallowest first
+    upstream: tuple[str, ...]  # kinds that keep a share of the slots: they feed the wide ones
+    regrow: tuple[str, ...]  # kinds whose children change with ``expansion_signature``
+    # (sibling kind, parent kind): when every sibling of a parent is done, ``merge`` makes the
+    # parent's next children from all of them (GLAN: subjects from every subject query)
+    gathered: tuple[str, str] | None
+
+    def children(self, node: Item) -> list[NewItem]: ...
+
+    def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]: ...
+
+    def expansion_signature(self) -> str: ...
+
+
 def user(content: str) -> Message:
     return {"role": "user", "content": content}
 

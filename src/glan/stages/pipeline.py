@@ -16,12 +16,14 @@ from glan.stages import AnswerStage, QuestionStage, Stage, SubjectsStage, Syllab
 if TYPE_CHECKING:
     from glan.taxonomy import Discipline
 
-# Deepest first: finishing answers before starting new syllabi keeps the queue short and gets
-# rows into instructions.jsonl early.
-KINDS = ("answer", "question", "subject", "subject_query")
-
 
 class Pipeline:
+    """GLAN's workflow (see ``stages.base.Workflow``)."""
+
+    upstream = ("subject", "subject_query")
+    regrow = ("discipline", "subject")
+    gathered = ("subject_query", "discipline")
+
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
         self.subjects = SubjectsStage(config)
@@ -63,6 +65,9 @@ class Pipeline:
         if node.kind == "discipline":
             return self.subjects.queries(node)
         return self.stages[node.kind].expand(node)
+
+    def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]:
+        return self.subjects.merge(parent, siblings)
 
     def expansion_signature(self) -> str:
         """Changes when a setting that shapes the tree does: then finished nodes are re-expanded."""

@@ -24,16 +24,18 @@ from ray.data import ActorPoolStrategy, DataContext
 
 from glan.config import ConfigError, GenerateConfig, RayOptions
 from glan.costs.progress import RunStats
-from glan.engine.local import UPSTREAM, Display, LocalEngine
+from glan.engine.local import Display, Limits, LocalEngine
 from glan.engine.ray.workers import Meter, StageWorker, dump_node, expand_specs
 from glan.engine.teacher import Client
 from glan.items import NewItem
 from glan.llm.errors import FatalLLMError
 from glan.llm.types import ChatResponse
+from glan.prompts import prompts_for
 from glan.run import ENGINE_META
 from glan.run.parts import ROWS, RunFilesError, StateDir
 from glan.run.ray_parts import failures, finished_keys, stored_replies
 from glan.run.store import Store
+from glan.stages.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,17 @@ class RayEngine:
         self.endpoint = endpoint
         self.stats = stats
         self.display = display
+        pipeline = Pipeline(config)
         self.narrow = LocalEngine(
-            config, store, client, None, stats, _Refreshing(display), kinds=UPSTREAM
+            pipeline,
+            Limits.of(config),
+            prompts_for(config.prompts_dir),
+            store,
+            client,
+            None,
+            stats,
+            _Refreshing(display),
+            kinds=pipeline.upstream,
         )
         self.roots: set[str] = set()
 
