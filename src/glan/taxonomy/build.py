@@ -19,27 +19,26 @@ stopped at any moment and run again sends no request whose reply is already stor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from glan.config import ConfigError, resolve_endpoint
 from glan.costs.prices import PriceTable
-from glan.engine.teacher import StoredTeacher
+from glan.costs.progress import NoProgress, RunStats, StageStats
+from glan.engine.local import Limits, LocalEngine
 from glan.ids import stable_id, stable_int
 from glan.items import Item, NewItem
 from glan.languages import language_name
 from glan.llm.client import OpenAIClient
-from glan.llm.errors import FatalLLMError, LLMError
-from glan.llm.types import ChatRequest, ChatResponse
+from glan.llm.types import ChatRequest
 from glan.prompts import Prompts, prompts_for
 from glan.run.store import Store
-from glan.stages.base import user
+from glan.stages.base import Teacher, user
 from glan.stages.subjects import normalise
 from glan.taxonomy.edit import NodePath, write
 from glan.taxonomy.model import Review, Taxonomy, TaxonomyNode
@@ -107,7 +106,9 @@ class BuildConfig(BaseModel):
                 "send_seed",
             }
         )
-        return stable_id("taxonomy-build", shaping, prompts.version)
+        # "/2": items are rooted per level since the build runs on the shared engine; replies
+        # are keyed by their request, so an older build's are still found
+        return stable_id("taxonomy-build/2", shaping, prompts.version)
 
 
 class DraftNode(BaseModel):
@@ -147,24 +148,6 @@ class BuildResult:
     cost: float | None = 0.0  # USD at list prices; None for a model not in the price table
 
 
-class _Usage:
-    def __init__(self, prices: PriceTable) -> None:
-        self.prices = prices
-        self.requests = 0
-        self.tokens_in = 0
-        self.tokens_out = 0
-        self.cost: float | None = 0.0
-
-    def record(self, stage: str, model: str, response: ChatResponse) -> None:
-        self.requests += 1
-        self.tokens_in += response.prompt_tokens
-        self.tokens_out += response.completion_tokens
-        cost = self.prices.cost(
-            model, response.prompt_tokens, response.completion_tokens, response.batch
-        )
-        self.cost = None if cost is None or self.cost is None else self.cost + cost
-
-
 def clean(name: str) -> str:
     """A drafted name as a node name: one line, no '>' (the path separator), no list marker."""
     return _MARKER.sub("", " ".join(name.replace(">", "/").split())).strip()
@@ -195,37 +178,24 @@ async def abuild(
     base_url, api_key = resolve_endpoint(config.base_url, config.api_key)
     prompts = prompts_for(config.prompts_dir)
     store = Store.open(work_dir or default_work_dir(out))
-    usage = _Usage(PriceTable.load())
-    client = OpenAIClient.for_settings(config, base_url, api_key)
+    prices = PriceTable.load()
+    stats = RunStats(prices=prices, stages={STAGE: StageStats()})
     try:
         store.log_invocation(config.model_dump(mode="json"))
         store.commit()
-        async with client:
-            builder = _Builder(config, prompts, store, client, usage, log)
-            committer = asyncio.create_task(_commit_loop(store))
-            try:
-                result = await builder.run()
-            finally:
-                committer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await committer
-                store.commit()
+        async with OpenAIClient.for_settings(config, base_url, api_key) as client:
+            result = await _Builder(config, prompts, store, client, stats, log).run()
     finally:
         store.close()
-    result.sent = usage.requests
-    result.tokens = (usage.tokens_in, usage.tokens_out)
-    result.cost = usage.cost
+    spent = stats.stages[STAGE]
+    result.sent = spent.requests
+    result.tokens = (spent.tokens_in, spent.tokens_out)
+    known = prices.cost(config.model, 0, 0) is not None
+    result.cost = spent.cost if known else None
     if result.taxonomy is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write(result.taxonomy, out)  # checked, then replaced atomically
     return result
-
-
-async def _commit_loop(store: Store) -> None:
-    while True:
-        await asyncio.sleep(0.02)
-        if store.dirty:
-            store.commit()
 
 
 class _Builder:
@@ -235,17 +205,16 @@ class _Builder:
         prompts: Prompts,
         store: Store,
         client: OpenAIClient,
-        usage: _Usage,
+        stats: RunStats,
         log: Callable[[str], None],
     ) -> None:
         self.config = config
         self.prompts = prompts
         self.store = store
         self.client = client
-        self.usage = usage
+        self.stats = stats
         self.log = log
         self.signature = config.signature(prompts)
-        self.slots = asyncio.Semaphore(config.concurrency)
 
     async def run(self) -> BuildResult:
         config = self.config
@@ -282,56 +251,66 @@ class _Builder:
     async def _ask_level(
         self, parents: list[Draft], level: int, result: BuildResult
     ) -> list[list[dict[str, Any]]]:
+        """One level's calls, on the shared engine (stored, resumed, retried, rate-limited)."""
         nodes = [self._item(parent, level, seq) for seq, parent in enumerate(parents)]
-        self.store.add_nodes(nodes)
-        self.store.commit()
-        stored = [self.store.get(node.id) for node in nodes]
-        todo = [(p, s) for p, s in zip(parents, stored, strict=True) if s and s.status != "done"]
-        result.reused += len(parents) - len(todo)
-        await asyncio.gather(*(self._ask(parent, node, level, result) for parent, node in todo))
-        self.store.commit()
+        stage = DraftStage(
+            self.config, self.prompts, level, dict(zip((n.id for n in nodes), parents, strict=True))
+        )
+        engine = LocalEngine(
+            _Level(stage),
+            Limits.of(self.config),
+            self.prompts,
+            self.store,
+            self.client,
+            None,
+            self.stats,
+            NoProgress(),
+        )
+        engine.prepare(nodes)
+        result.reused += sum(
+            1 for node in nodes if (stored := self.store.get(node.id)) and stored.status == "done"
+        )
+        await engine.run()
         answers = []
-        for node in nodes:
+        for node, parent in zip(nodes, parents, strict=True):
             done = self.store.get(node.id)
-            answers.append(done.result if done is not None and done.status == "done" else [])
+            if done is not None and done.status == "done":
+                answers.append(done.result)
+            else:
+                result.failed.append((parent.path, (done and done.error) or "not asked"))
+                answers.append([])
         return answers
 
     def _item(self, parent: Draft, level: int, seq: int) -> NewItem:
-        node_id = stable_id(self.signature, "taxonomy", *parent.path)
         return NewItem(
-            id=node_id,
+            id=stable_id(self.signature, "taxonomy", *parent.path),
             kind=KIND,
             parent_id=None,
-            root=self.signature,
+            root=stable_id(self.signature, "level", level),
             seq=seq,
             data={"path": list(parent.path), "level": level, "description": parent.description},
         )
 
-    async def _ask(self, parent: Draft, node: Item, level: int, result: BuildResult) -> None:
-        request = self._request(parent, level)
-        async with self.slots:
-            teacher = StoredTeacher(
-                self.store,
-                self.client,
-                self.usage,
-                node,
-                STAGE,
-                self.config.repair_attempts,
-                self.prompts,
-            )
-            try:
-                listing = await teacher.json(request, DraftList)
-            except FatalLLMError:
-                raise
-            except LLMError as error:
-                self.store.fail(node, str(error))
-                result.failed.append((parent.path, str(error)))
-                return
-        self.store.finish(node, [item.model_dump() for item in listing.nodes])
 
-    def _request(self, parent: Draft, level: int) -> ChatRequest:
+class DraftStage:
+    """One call per node of a level: its children (fields, sub-fields or disciplines)."""
+
+    kind: ClassVar[str] = KIND
+    name: ClassVar[str] = STAGE
+    output: ClassVar[bool] = False
+
+    def __init__(
+        self, config: BuildConfig, prompts: Prompts, level: int, drafts: dict[str, Draft]
+    ) -> None:
+        self.config = config
+        self.prompts = prompts
+        self.level = level
+        self.drafts = drafts  # by item id: the nodes whose children this level asks for
+
+    def request(self, node: Item, parent: Item) -> ChatRequest:
         config = self.config
-        if level == 0:
+        draft = self.drafts[node.id]
+        if self.level == 0:
             text = self.prompts.render(
                 "taxonomy_fields",
                 count=config.max_fields,
@@ -341,14 +320,14 @@ class _Builder:
         else:
             text = self.prompts.render(
                 "taxonomy_children",
-                path=list(parent.path),
-                description=parent.description,
-                others=parent.neighbours,
-                kind="disciplines" if level == config.depth - 1 else "sub-fields",
+                path=list(draft.path),
+                description=draft.description,
+                others=draft.neighbours,
+                kind="disciplines" if self.level == config.depth - 1 else "sub-fields",
                 count=config.max_children,
                 language=config.language,
             )
-        seed = stable_int(config.seed, "taxonomy", *parent.path, bits=31)
+        seed = stable_int(config.seed, "taxonomy", *draft.path, bits=31)
         return ChatRequest(
             model=config.model,
             messages=(user(text),),
@@ -357,6 +336,33 @@ class _Builder:
             max_tokens=config.max_tokens,
             seed=seed if config.send_seed else None,
         )
+
+    async def run(self, node: Item, parent: Item, teacher: Teacher) -> Any:
+        listing = await teacher.json(self.request(node, parent), DraftList)
+        return [item.model_dump() for item in listing.nodes]
+
+    def expand(self, node: Item) -> list[NewItem]:
+        return []  # the next level is asked once this one is merged
+
+
+class _Level:
+    """A level of the build as a workflow: one stage, nothing grows from it by itself."""
+
+    upstream: tuple[str, ...] = ()
+    regrow: tuple[str, ...] = ()
+    gathered = None
+
+    def __init__(self, stage: DraftStage) -> None:
+        self.stages: dict[str, Any] = {stage.kind: stage}
+
+    def children(self, node: Item) -> list[NewItem]:
+        return []
+
+    def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]:
+        return []
+
+    def expansion_signature(self) -> str:
+        return STAGE
 
 
 def merge_level(
