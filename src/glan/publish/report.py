@@ -13,42 +13,21 @@ network (about 5 MB, most of it the library). Rows stream; per pair only two len
 from __future__ import annotations
 
 import time
-from array import array
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from glan.costs.prices import spend_by_stage
 from glan.curation.errors import require
 from glan.curation.runner import REASONS
-from glan.run import Run, is_run, open_run
-from glan.run.curation import CuratedRows, CurationLog, CurationRun
+from glan.publish.figures import Figures, percentile
+from glan.publish.report_data import ReportData, gather
+from glan.run import is_run
 from glan.run.store import DB_NAME
 
 REPORT_NAME = "report.html"
-STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer")
-TYPES = ("basic", "challenging")
-_EXAMPLES = 5  # removals shown per reason
-_EXCERPT = 220
-_BINS = 60  # of the length histograms
 _OPEN_UP_TO = 30  # disciplines: beyond this, the per-discipline bars start folded away
-_COLORS = {"basic": "#4C78A8", "challenging": "#F58518"}
-_FIELD_COLORS = [
-    "#4C78A8",
-    "#F58518",
-    "#54A24B",
-    "#E45756",
-    "#72B7B2",
-    "#B279A2",
-    "#EECA3B",
-    "#9D755D",
-    "#FF9DA6",
-    "#BAB0AC",
-]
 _REASON_TEXT = {
     "decontaminated": "shares a long n-gram with a benchmark item",
     "too_short": "empty or shorter than the minimum",
@@ -63,346 +42,6 @@ _REASON_TEXT = {
 
 class ReportError(Exception):
     """The report cannot be made (no run directory, an unwritable output)."""
-
-
-@dataclass
-class Discipline:
-    field: str
-    sub_field: str
-    name: str
-    pairs: Counter[str] = field(default_factory=Counter)  # by question type
-    subjects: int = 0
-    concepts: set[int] = field(default_factory=set)  # the syllabi's key concepts (hashed)
-    used: set[int] = field(default_factory=set)  # the ones questions were asked about
-
-    @property
-    def total(self) -> int:
-        return sum(self.pairs.values())
-
-    @property
-    def coverage(self) -> float | None:
-        return len(self.used & self.concepts) / len(self.concepts) if self.concepts else None
-
-
-@dataclass
-class ReportData:
-    run_dir: Path
-    curation: CurationRun | None
-    uncurated: int
-    disciplines: dict[str, Discipline]
-    question_chars: dict[str, array[int]]
-    answer_chars: dict[str, array[int]]
-    usage: dict[str, dict[str, int]]
-    cost: dict[str, float] | None
-    examples: dict[str, list[dict[str, Any]]]
-    benchmark_hits: dict[str, int]
-
-    @property
-    def pairs(self) -> int:
-        return sum(d.total for d in self.disciplines.values())
-
-    def type_counts(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        for discipline in self.disciplines.values():
-            counts.update(discipline.pairs)
-        return counts
-
-
-# -- gathering ----------------------------------------------------------------------------------
-
-
-def gather(run_dir: str | Path) -> ReportData:
-    run = open_run(run_dir)
-    try:
-        rows = CuratedRows(run)
-        disciplines: dict[str, Discipline] = {}
-        _add_syllabi(run.store, disciplines)
-        questions: dict[str, array[int]] = defaultdict(lambda: array("I"))
-        answers: dict[str, array[int]] = defaultdict(lambda: array("I"))
-        for row in rows:
-            meta = row.get("meta") or {}
-            discipline = _discipline(disciplines, meta)
-            kind = str(meta.get("question_type") or "basic")
-            discipline.pairs[kind] += 1
-            for concept in meta.get("key_concepts") or []:
-                discipline.used.add(_concept_key(meta.get("subject"), meta.get("level"), concept))
-            messages = row.get("messages") or [{}, {}]
-            questions[kind].append(len(str(messages[0].get("content") or "")))
-            answers[kind].append(len(str(messages[-1].get("content") or "")))
-        examples, hits = _removals(run, rows.curation)
-        spent = spend_by_stage(run.usage())
-        return ReportData(
-            run_dir=Path(run_dir),
-            curation=rows.curation,
-            uncurated=rows.uncurated,
-            disciplines=disciplines,
-            question_chars=dict(questions),
-            answer_chars=dict(answers),
-            usage=_ordered_stages(
-                {
-                    stage: {"calls": s.calls, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out}
-                    for stage, s in spent.items()
-                }
-            ),
-            cost={stage: s.cost for stage, s in spent.items()},
-            examples=examples,
-            benchmark_hits=hits,
-        )
-    finally:
-        run.close()
-
-
-def _discipline(disciplines: dict[str, Discipline], meta: dict[str, Any]) -> Discipline:
-    name = str(meta.get("discipline") or "(none)")
-    if name not in disciplines:
-        disciplines[name] = Discipline(
-            str(meta.get("field") or "(none)"), str(meta.get("sub_field") or ""), name
-        )
-    return disciplines[name]
-
-
-def _concept_key(subject: Any, level: Any, concept: Any) -> int:
-    # hashed: a paper-scale run has millions of (subject, concept) pairs; ints are 1/4 the memory
-    return hash((str(subject), str(level), str(concept)))
-
-
-def _add_syllabi(store: Any, disciplines: dict[str, Discipline]) -> None:
-    for subject in store.nodes("subject", "done"):
-        discipline = _discipline(disciplines, subject.data)
-        discipline.subjects += 1
-        for session in (subject.result or {}).get("sessions") or []:
-            for concept in session.get("key_concepts") or []:
-                key = _concept_key(subject.data.get("subject"), subject.data.get("level"), concept)
-                discipline.concepts.add(key)
-
-
-def _ordered_stages(usage: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    known = [stage for stage in STAGE_ORDER if stage in usage]
-    return {stage: usage[stage] for stage in known + sorted(set(usage) - set(known))}
-
-
-def _removals(
-    run: Run, curation: CurationRun | None
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    log = CurationLog.existing(run.store)
-    if curation is None or log is None:
-        return {}, {}
-    examples: dict[str, list[dict[str, Any]]] = {}
-    for reason in curation.counts:
-        examples[reason] = []
-        for removal in log.removals(curation.id, reason, limit=_EXAMPLES):
-            matched = dict(removal.matched)
-            original = matched.get("duplicate_of")
-            examples[reason].append(
-                {
-                    "id": removal.row_id,
-                    "question": _excerpt(run.question(removal.out_seq)),
-                    "original": _excerpt(run.question_of(original)) if original else None,
-                    "matched": matched,
-                }
-            )
-    return examples, log.matched_benchmarks(curation.id)
-
-
-def _excerpt(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= _EXCERPT else text[: _EXCERPT - 1] + "\u2026"
-
-
-# -- figures ------------------------------------------------------------------------------------
-
-
-class Figures:
-    """Plotly figures as HTML fragments (plotly.js itself is inlined once by the page)."""
-
-    def __init__(self) -> None:
-        self.go = require("plotly.graph_objects", "report")
-        self._count = 0
-
-    def html(self, figure: Any, height: int = 380) -> str:
-        self._count += 1
-        figure.update_layout(
-            height=height,
-            margin={"l": 10, "r": 10, "t": 30, "b": 10},
-            font={"family": "system-ui, -apple-system, Segoe UI, sans-serif", "size": 12},
-            paper_bgcolor="rgba(0,0,0,0)",
-            plot_bgcolor="rgba(0,0,0,0)",
-            legend={"orientation": "h", "y": 1.08, "x": 0, "traceorder": "normal"},
-        )
-        fragment: str = figure.to_html(
-            full_html=False,
-            include_plotlyjs=False,
-            div_id=f"figure-{self._count}",
-            # hover, click-to-zoom and legend toggles stay; the toolbar would cover legends
-            config={"displayModeBar": False, "responsive": True},
-        )
-        return fragment
-
-    def taxonomy(self, data: ReportData) -> str:
-        """Field > sub-field > discipline, sized by pairs."""
-        ids: list[str] = []
-        labels: list[str] = []
-        parents: list[str] = []
-        values: list[int] = []
-        totals: Counter[str] = Counter()
-        for d in data.disciplines.values():
-            totals[d.field] += d.total
-            if d.sub_field:
-                totals[f"{d.field}/{d.sub_field}"] += d.total
-        for key, total in totals.items():
-            if total == 0:
-                continue
-            head, _, tail = key.partition("/")
-            ids.append(key)
-            labels.append(tail or head)
-            parents.append(head if tail else "")
-            values.append(total)
-        for d in data.disciplines.values():
-            if d.total:
-                parent = f"{d.field}/{d.sub_field}" if d.sub_field else d.field
-                ids.append(f"{parent}/{d.name}")
-                labels.append(d.name)
-                parents.append(parent)
-                values.append(d.total)
-        figure = self.go.Figure(
-            self.go.Treemap(
-                ids=ids,
-                labels=labels,
-                parents=parents,
-                values=values,
-                branchvalues="total",
-                textinfo="label+value",
-                hovertemplate="<b>%{label}</b><br>%{value:,} pairs<br>%{percentRoot:.1%}"
-                " of all<extra></extra>",
-                tiling={"pad": 2},
-                pathbar={"visible": True},
-            )
-        )
-        figure.update_layout(treemapcolorway=_FIELD_COLORS)
-        return self.html(figure, height=620)
-
-    def per_discipline(self, data: ReportData) -> str:
-        ordered = sorted(data.disciplines.values(), key=lambda d: d.total)
-        names = [d.name for d in ordered]
-        figure = self.go.Figure(
-            [
-                self.go.Bar(
-                    y=names,
-                    x=[d.pairs[kind] for d in ordered],
-                    name=kind,
-                    orientation="h",
-                    marker_color=_COLORS[kind],
-                    hovertemplate="%{y}: %{x:,} " + kind + "<extra></extra>",
-                )
-                for kind in TYPES
-            ]
-        )
-        most = max((d.total for d in ordered), default=0)
-        figure.update_layout(barmode="stack", xaxis_title="pairs", xaxis=_counts_axis(most))
-        return self.html(figure, height=max(260, 80 + 20 * len(names)))
-
-    def mix(self, data: ReportData) -> str:
-        counts = data.type_counts()
-        figure = self.go.Figure(
-            self.go.Pie(
-                labels=list(TYPES),
-                values=[counts[kind] for kind in TYPES],
-                hole=0.55,
-                marker_colors=[_COLORS[kind] for kind in TYPES],
-                sort=False,
-                textinfo="label+percent",
-            )
-        )
-        figure.update_layout(showlegend=False)
-        return self.html(figure, height=300)
-
-    def lengths(self, lengths: dict[str, array[int]], title: str) -> str:
-        """A stacked histogram by question type; bins computed here, not by plotly, so the page
-        holds 60 numbers per type instead of one per pair."""
-        everything = sorted(v for values in lengths.values() for v in values)
-        top = max(1, _percentile(everything, 99))
-        width = top / _BINS
-        centres = [width * (i + 0.5) for i in range(_BINS)]
-        figure = self.go.Figure()
-        for kind in TYPES:
-            figure.add_bar(
-                x=centres,
-                y=_histogram(lengths.get(kind, array("I")), top),
-                width=width,
-                name=kind,
-                marker_color=_COLORS[kind],
-                hovertemplate="~%{x:.0f} chars: %{y:,}<extra>" + kind + "</extra>",
-            )
-        tallest = max(
-            (sum(c) for c in zip(*(_histogram(v, top) for v in lengths.values()), strict=True)),
-            default=0,
-        )
-        figure.update_layout(
-            barmode="stack",
-            bargap=0,
-            xaxis_title=f"{title} (characters; the last bin holds the longest 1%)",
-            yaxis_title="pairs",
-            yaxis=_counts_axis(tallest),
-        )
-        return self.html(figure, height=320)
-
-    def coverage(self, data: ReportData) -> str:
-        rows = sorted(
-            (d for d in data.disciplines.values() if d.coverage is not None),
-            key=lambda d: d.coverage or 0.0,
-        )
-        figure = self.go.Figure(
-            self.go.Bar(
-                y=[d.name for d in rows],
-                x=[100 * (d.coverage or 0.0) for d in rows],
-                orientation="h",
-                marker_color="#54A24B",
-                customdata=[[len(d.used & d.concepts), len(d.concepts)] for d in rows],
-                hovertemplate="%{y}: %{customdata[0]:,} of %{customdata[1]:,} key concepts"
-                " (%{x:.1f}%)<extra></extra>",
-            )
-        )
-        figure.update_layout(
-            xaxis_title="key concepts asked about",
-            xaxis={"range": [0, 102], "ticksuffix": "%", "dtick": 20},
-        )
-        return self.html(figure, height=max(220, 80 + 20 * len(rows)))
-
-    def reasons(self, counts: dict[str, int]) -> str:
-        ordered = [reason for reason in REASONS if counts.get(reason)]
-        figure = self.go.Figure(
-            self.go.Bar(
-                y=ordered[::-1],
-                x=[counts[r] for r in ordered[::-1]],
-                orientation="h",
-                marker_color="#E45756",
-                hovertemplate="%{y}: %{x:,} pairs<extra></extra>",
-            )
-        )
-        figure.update_layout(
-            xaxis_title="pairs removed", xaxis=_counts_axis(max(counts.values(), default=0))
-        )
-        return self.html(figure, height=max(200, 70 + 34 * len(ordered)))
-
-    def tokens(self, usage: dict[str, dict[str, int]]) -> str:
-        stages = list(usage)
-        figure = self.go.Figure(
-            [
-                self.go.Bar(
-                    x=stages,
-                    y=[usage[s][key] for s in stages],
-                    name=label,
-                    marker_color=color,
-                    hovertemplate="%{x}: %{y:,} " + label + "<extra></extra>",
-                )
-                for key, label, color in (
-                    ("tokens_in", "tokens in", "#72B7B2"),
-                    ("tokens_out", "tokens out", "#B279A2"),
-                )
-            ]
-        )
-        figure.update_layout(barmode="group", yaxis_title="tokens")
-        return self.html(figure, height=320)
 
 
 # -- the page -----------------------------------------------------------------------------------
@@ -494,11 +133,6 @@ def _spread(data: ReportData) -> dict[str, Any] | None:
     return {"low": ranked[0], "high": ranked[-1], "median": middle}
 
 
-def _counts_axis(most: int) -> dict[str, Any]:
-    """Whole numbers on an axis of counts (plotly would tick 0.2, 0.4 ... for small ones)."""
-    return {"dtick": 1, "tick0": 0} if most <= 8 else {"tickformat": ",d"}
-
-
 def _markup(fragment: str) -> Any:
     return jinja2.utils.markupsafe.Markup(fragment)
 
@@ -515,28 +149,13 @@ def _length_stats(data: ReportData) -> list[dict[str, Any]]:
             stats.append(
                 {
                     "part": label,
-                    "p5": _percentile(merged, 5),
-                    "median": _percentile(merged, 50),
-                    "p95": _percentile(merged, 95),
+                    "p5": percentile(merged, 5),
+                    "median": percentile(merged, 50),
+                    "p95": percentile(merged, 95),
                     "max": merged[-1],
                 }
             )
     return stats
-
-
-def _percentile(ordered: list[int], percent: float) -> int:
-    """The nearest-rank percentile of sorted values (0 for none)."""
-    if not ordered:
-        return 0
-    return ordered[min(len(ordered) - 1, round(percent / 100 * (len(ordered) - 1)))]
-
-
-def _histogram(values: array[int], top: int) -> list[int]:
-    """Counts in ``_BINS`` equal bins over [0, top]; longer values fall in the last bin."""
-    counts = [0] * _BINS
-    for value in values:
-        counts[min(_BINS - 1, value * _BINS // top)] += 1
-    return counts
 
 
 def _matched_text(reason: str, matched: dict[str, Any]) -> str:

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from glan.taxonomy.model import PATH_SEP, Review, Taxonomy, TaxonomyError, TaxonomyNode, _norm
+from glan.taxonomy.model import Review, Taxonomy, TaxonomyError, TaxonomyNode
+from glan.taxonomy.schema import PATH_SEP, norm
 
 try:  # POSIX; elsewhere the file is still replaced atomically, only not locked
     import fcntl
@@ -45,8 +46,8 @@ def node_at(taxonomy: Taxonomy, path: NodePath) -> TaxonomyNode | None:
     for name in path:
         if nodes is None:
             return None
-        key = _norm(name)
-        found = next((n for n in nodes if _norm(n.name) == key), None)
+        key = norm(name)
+        found = next((n for n in nodes if norm(n.name) == key), None)
         if found is None:
             return None
         nodes = found.children
@@ -59,19 +60,19 @@ def locate(taxonomy: Taxonomy, query: str) -> NodePath:
     Unknown or ambiguous names raise ``TaxonomyError``."""
     if not query or not query.strip():
         raise TaxonomyError("empty node name")
-    key = _norm(query.strip())
+    key = norm(query.strip())
     parts = tuple(key.split(">"))
     paths = [path for path, _node, _dropped in taxonomy.walk()]
-    exact = [p for p in paths if _norm(fmt(p)) == key]
+    exact = [p for p in paths if norm(fmt(p)) == key]
     if exact:
         return exact[0]
-    named = [p for p in paths if tuple(_norm(n) for n in p[-len(parts) :]) == parts]
+    named = [p for p in paths if tuple(norm(n) for n in p[-len(parts) :]) == parts]
     if len(named) == 1:
         return named[0]
     if named:
         where = "; ".join(f"'{fmt(p)}'" for p in named)
         raise TaxonomyError(f"'{query.strip()}' is ambiguous, it names {where}: give the full path")
-    candidates = {_norm(fmt(p)) if ">" in query else _norm(p[-1]): p for p in paths}
+    candidates = {norm(fmt(p)) if ">" in query else norm(p[-1]): p for p in paths}
     close = difflib.get_close_matches(key, list(candidates), n=3)
     hint = (
         f" (did you mean: {', '.join(repr(fmt(candidates[c])) for c in close)}?)" if close else ""
@@ -105,7 +106,7 @@ def _clash(
     nodes: list[TaxonomyNode], name: str, where: str, skip: TaxonomyNode | None = None
 ) -> None:
     for node in nodes:
-        if node is not skip and _norm(node.name) == _norm(name):
+        if node is not skip and norm(node.name) == norm(name):
             raise TaxonomyError(f"{where} already has a node named '{node.name}'")
 
 
