@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from glan.curation import CurateConfig, curate
-from glan.publish.export import LINEAGE, MANIFEST, ExportError, export
+from glan.publish.export import MANIFEST, ExportError, export
+from glan.publish.layouts import LINEAGE
 from test_curation import good_pair, make_run
 
 DISCIPLINES = [

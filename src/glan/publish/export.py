@@ -29,26 +29,18 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
-
-import orjson
 
 from glan.curation.errors import require
-from glan.items import META_KEYS
+from glan.publish.layouts import FORMATS, LAYOUTS, arrow_schema
+from glan.publish.writers import JsonlWriter, ParquetWriter, RecordWriter, ShardedWriter
 from glan.run import is_run, open_run
 from glan.run.curation import CuratedRows
 from glan.run.store import DB_NAME
 
-FORMATS = ("messages", "sharegpt", "alpaca")
 TARGETS = ("jsonl", "parquet", "hf")
 MANIFEST = "glan-export.json"
-LINEAGE = META_KEYS  # every meta key becomes a column
-_LISTS = ("sessions", "key_concepts")
-_SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
-_BATCH = 5000  # rows per Parquet write: ~15 MB of text in memory at a time
 
 
 class ExportError(Exception):
@@ -71,93 +63,6 @@ class ExportResult:
     @property
     def rows(self) -> int:
         return sum(self.splits.values())
-
-
-# -- layouts ------------------------------------------------------------------------------------
-
-
-def lineage(row: dict[str, Any]) -> dict[str, Any]:
-    """The row's lineage as flat, typed columns. A missing text is "" rather than null: JSON
-    readers (datasets' among them) take a column's type from its first rows, and a column that
-    starts null cannot take a string later."""
-    meta = row.get("meta") or {}
-    values: dict[str, Any] = {}
-    for key in LINEAGE:
-        value = meta.get(key)
-        if key in _LISTS:
-            values[key] = [str(v) for v in value or []]
-        elif key == "truncated":
-            values[key] = bool(value)
-        elif key == "seed":
-            values[key] = None if value is None else int(value)
-        else:
-            values[key] = "" if value is None else str(value)
-    return values
-
-
-def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    return [
-        {"role": str(m.get("role")), "content": str(m.get("content") or "")}
-        for m in row.get("messages") or []
-    ]
-
-
-def _content(messages: list[dict[str, str]], role: str) -> str:
-    return next((m["content"] for m in messages if m["role"] == role), "")
-
-
-def to_messages(row: dict[str, Any]) -> dict[str, Any]:
-    return {"id": row["id"], "messages": _messages(row), **lineage(row)}
-
-
-def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
-    conversations = [
-        {"from": _SHAREGPT_ROLES.get(m["role"], m["role"]), "value": m["content"]}
-        for m in _messages(row)
-    ]
-    return {"id": row["id"], "conversations": conversations, **lineage(row)}
-
-
-def to_alpaca(row: dict[str, Any]) -> dict[str, Any]:
-    messages = _messages(row)
-    return {
-        "id": row["id"],
-        "instruction": _content(messages, "user"),
-        "input": "",
-        "output": _content(messages, "assistant"),
-        **lineage(row),
-    }
-
-
-LAYOUTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "messages": to_messages,
-    "sharegpt": to_sharegpt,
-    "alpaca": to_alpaca,
-}
-
-
-def arrow_schema(layout: str) -> Any:
-    """The Parquet/Arrow schema of a layout; explicit, so every shard has the same one (a shard
-    whose ``language`` happens to be all null would otherwise get a column of type null)."""
-    pa = require("pyarrow", "curate")
-    text = pa.string()
-    turns = {
-        "messages": [
-            pa.field("messages", pa.list_(pa.struct([("role", text), ("content", text)])))
-        ],
-        "sharegpt": [
-            pa.field("conversations", pa.list_(pa.struct([("from", text), ("value", text)])))
-        ],
-        "alpaca": [
-            pa.field("instruction", text),
-            pa.field("input", text),
-            pa.field("output", text),
-        ],
-    }[layout]
-    types = {"sessions": pa.list_(text), "key_concepts": pa.list_(text), "seed": pa.int64()}
-    types["truncated"] = pa.bool_()
-    columns = [pa.field(name, types.get(name, text)) for name in LINEAGE]
-    return pa.schema([pa.field("id", text), *turns, *columns])
 
 
 # -- the test split -----------------------------------------------------------------------------
@@ -187,99 +92,6 @@ def choose_test(
             heapq.heapreplace(heap, entry)
     chosen = {row_id for heap in heaps.values() for _, row_id in heap}
     return chosen, totals, Counter({d: len(h) for d, h in heaps.items()})
-
-
-# -- writing ------------------------------------------------------------------------------------
-
-
-class RecordWriter(Protocol):
-    def write(self, record: dict[str, Any]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class JsonlWriter:
-    def __init__(self, path: Path) -> None:
-        self._file: IO[bytes] = path.open("wb")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(orjson.dumps(record) + b"\n")
-
-    def close(self) -> None:
-        self._file.close()
-
-
-class ParquetWriter:
-    def __init__(self, path: Path, schema: Any) -> None:
-        self._pa = require("pyarrow", "curate")
-        parquet = require("pyarrow.parquet", "curate")
-        self._schema = schema
-        self._writer = parquet.ParquetWriter(path, schema)
-        self._buffer: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._buffer.append(record)
-        if len(self._buffer) >= _BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._buffer:
-            self._writer.write_table(self._pa.Table.from_pylist(self._buffer, schema=self._schema))
-            self._buffer = []
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-
-
-class ShardedWriter:
-    """One split's rows across ``ceil(total / shard_size)`` files named the Hub's way."""
-
-    def __init__(
-        self,
-        directory: Path,
-        split: str,
-        suffix: str,
-        total: int,
-        shard_size: int,
-        open_file: Callable[[Path], RecordWriter],
-    ) -> None:
-        self.shards = max(1, -(-total // shard_size))
-        self.paths = [
-            directory
-            / (
-                f"{split}.{suffix}"
-                if self.shards == 1
-                else f"{split}-{i:05d}-of-{self.shards:05d}.{suffix}"
-            )
-            for i in range(self.shards)
-        ]
-        self._shard_size = shard_size
-        self._open = open_file
-        self._written = 0
-        self._current: RecordWriter | None = None
-        self._index = -1
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._current is None or self._written == self._shard_size:
-            self._next()
-        assert self._current is not None
-        self._current.write(record)
-        self._written += 1
-
-    def _next(self) -> None:
-        if self._current is not None:
-            self._current.close()
-        self._index = min(self._index + 1, self.shards - 1)
-        self._current = self._open(self.paths[self._index])
-        self._written = 0
-
-    def close(self) -> list[Path]:
-        if self._current is None:  # an empty split is still one (empty) file
-            self._next()
-        assert self._current is not None
-        self._current.close()
-        return self.paths[: self._index + 1]
 
 
 # -- the export ---------------------------------------------------------------------------------

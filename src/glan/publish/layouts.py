@@ -1,0 +1,100 @@
+"""The layouts a trainer reads: chat ``messages`` (OpenAI/TRL style), ``sharegpt``
+(``conversations`` with ``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``),
+each with the row's lineage as flat, typed columns beside the text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from glan.curation.errors import require
+from glan.items import META_KEYS
+
+FORMATS = ("messages", "sharegpt", "alpaca")
+LINEAGE = META_KEYS  # every meta key becomes a column
+_LISTS = ("sessions", "key_concepts")
+_SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
+
+
+def lineage(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's lineage as flat, typed columns. A missing text is "" rather than null: JSON
+    readers (datasets' among them) take a column's type from its first rows, and a column that
+    starts null cannot take a string later."""
+    meta = row.get("meta") or {}
+    values: dict[str, Any] = {}
+    for key in LINEAGE:
+        value = meta.get(key)
+        if key in _LISTS:
+            values[key] = [str(v) for v in value or []]
+        elif key == "truncated":
+            values[key] = bool(value)
+        elif key == "seed":
+            values[key] = None if value is None else int(value)
+        else:
+            values[key] = "" if value is None else str(value)
+    return values
+
+
+def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    return [
+        {"role": str(m.get("role")), "content": str(m.get("content") or "")}
+        for m in row.get("messages") or []
+    ]
+
+
+def _content(messages: list[dict[str, str]], role: str) -> str:
+    return next((m["content"] for m in messages if m["role"] == role), "")
+
+
+def to_messages(row: dict[str, Any]) -> dict[str, Any]:
+    return {"id": row["id"], "messages": _messages(row), **lineage(row)}
+
+
+def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
+    conversations = [
+        {"from": _SHAREGPT_ROLES.get(m["role"], m["role"]), "value": m["content"]}
+        for m in _messages(row)
+    ]
+    return {"id": row["id"], "conversations": conversations, **lineage(row)}
+
+
+def to_alpaca(row: dict[str, Any]) -> dict[str, Any]:
+    messages = _messages(row)
+    return {
+        "id": row["id"],
+        "instruction": _content(messages, "user"),
+        "input": "",
+        "output": _content(messages, "assistant"),
+        **lineage(row),
+    }
+
+
+LAYOUTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "messages": to_messages,
+    "sharegpt": to_sharegpt,
+    "alpaca": to_alpaca,
+}
+
+
+def arrow_schema(layout: str) -> Any:
+    """The Parquet/Arrow schema of a layout; explicit, so every shard has the same one (a shard
+    whose ``language`` happens to be all null would otherwise get a column of type null)."""
+    pa = require("pyarrow", "curate")
+    text = pa.string()
+    turns = {
+        "messages": [
+            pa.field("messages", pa.list_(pa.struct([("role", text), ("content", text)])))
+        ],
+        "sharegpt": [
+            pa.field("conversations", pa.list_(pa.struct([("from", text), ("value", text)])))
+        ],
+        "alpaca": [
+            pa.field("instruction", text),
+            pa.field("input", text),
+            pa.field("output", text),
+        ],
+    }[layout]
+    types = {"sessions": pa.list_(text), "key_concepts": pa.list_(text), "seed": pa.int64()}
+    types["truncated"] = pa.bool_()
+    columns = [pa.field(name, types.get(name, text)) for name in LINEAGE]
+    return pa.schema([pa.field("id", text), *turns, *columns])
