@@ -181,7 +181,7 @@ def _status(run: Run, prices: PriceTable | None) -> RunStatus:
     spent = spend_by_stage(run.usage(), prices)
     stages: dict[str, StageStatus] = {}
     for stage in Pipeline(GenerateConfig()).stages.values():
-        statuses = counts.get(stage.kind, {})
+        statuses = counts.get(stage.item_kind, {})
         used = spent.get(stage.name, StageSpend())
         stages[stage.name] = StageStatus(
             done=statuses.get("done", 0),

@@ -152,8 +152,8 @@ class LocalEngine:
                     break
                 stage, node, fresh = picked
                 task = asyncio.create_task(self._work(stage, node, fresh))
-                self._running[task] = stage.kind
-                self._in_flight[stage.kind] += 1
+                self._running[task] = stage.item_kind
+                self._in_flight[stage.item_kind] += 1
                 task.add_done_callback(self._finished)
             if self._error is not None:
                 raise self._error
@@ -239,7 +239,7 @@ class LocalEngine:
             self._remember_parent(done)  # its children are about to ask for it
         self._add(children)
         gathered = self.pipeline.gathered
-        if gathered is not None and stage.kind == gathered[0] and node.parent_id is not None:
+        if gathered is not None and stage.item_kind == gathered[0] and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
         if stage.output and self.output is not None:
             output = self.output

@@ -13,7 +13,7 @@ from glan.stages.base import Teacher, request_for, system, user
 
 
 class AnswerStage:
-    kind: ClassVar[str] = "answer"
+    item_kind: ClassVar[str] = "answer"
     name: ClassVar[str] = "answer"
     output: ClassVar[bool] = True
 

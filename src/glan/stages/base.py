@@ -31,7 +31,7 @@ class Stage(Protocol):
     calls, ``expand`` derives its children. The engine runs ``run``; ``glan estimate`` prices
     ``request``: both see the same prompt."""
 
-    kind: ClassVar[str]  # the node kind this stage works on
+    item_kind: ClassVar[str]  # the kind of item it works on: the syllabus stage works on subjects
     name: ClassVar[str]  # the config section and progress label
     output: ClassVar[bool]  # results are rows of instructions.jsonl
 

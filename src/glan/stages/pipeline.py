@@ -28,7 +28,7 @@ class Pipeline:
         self.config = config
         self.subjects = SubjectsStage(config)
         self.stages: dict[str, Stage] = {
-            stage.kind: stage
+            stage.item_kind: stage
             for stage in (
                 self.subjects,
                 SyllabusStage(config),

@@ -71,7 +71,7 @@ def sample_specs(config: GenerateConfig, subject: Item) -> list[NewItem]:
 
 
 class QuestionStage:
-    kind: ClassVar[str] = "question"
+    item_kind: ClassVar[str] = "question"
     name: ClassVar[str] = "question"
     output: ClassVar[bool] = False
 

@@ -36,7 +36,7 @@ class SubjectList(BaseModel):
 class SubjectsStage:
     """A ``subject_query`` node is one sample of the discipline's subject list."""
 
-    kind: ClassVar[str] = "subject_query"
+    item_kind: ClassVar[str] = "subject_query"
     name: ClassVar[str] = "subjects"
     output: ClassVar[bool] = False
     schema: ClassVar[type[BaseModel]] = SubjectList
@@ -51,7 +51,7 @@ class SubjectsStage:
         return [
             NewItem(
                 id=stable_id(discipline.id, "subjects", q),
-                kind=self.kind,
+                kind=self.item_kind,
                 parent_id=discipline.id,
                 root=discipline.root,
                 seq=q,

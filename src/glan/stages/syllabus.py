@@ -42,7 +42,7 @@ class Syllabus(BaseModel):
 class SyllabusStage:
     """A ``subject`` node is done when its syllabus is; its children are question specs."""
 
-    kind: ClassVar[str] = "subject"
+    item_kind: ClassVar[str] = "subject"
     name: ClassVar[str] = "syllabus"
     output: ClassVar[bool] = False
     schema: ClassVar[type[BaseModel]] = Syllabus

@@ -295,7 +295,7 @@ class _Builder:
 class DraftStage:
     """One call per node of a level: its children (fields, sub-fields or disciplines)."""
 
-    kind: ClassVar[str] = KIND
+    item_kind: ClassVar[str] = KIND
     name: ClassVar[str] = STAGE
     output: ClassVar[bool] = False
 
@@ -353,7 +353,7 @@ class _Level:
     gathered = None
 
     def __init__(self, stage: DraftStage) -> None:
-        self.stages: dict[str, Any] = {stage.kind: stage}
+        self.stages: dict[str, Any] = {stage.item_kind: stage}
 
     def children(self, node: Item) -> list[NewItem]:
         return []
