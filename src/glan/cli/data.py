@@ -1,40 +1,39 @@
 """``glan curate``, ``glan export`` and ``glan report``: what happens to a run's data after it is
-generated."""
+generated.
+
+curate's options are ``CurateConfig``'s fields: their types and defaults are read from the model;
+only the options named otherwise (``--decontaminate`` for ``benchmarks``, ``--keep-truncated`` for
+``drop_truncated``, ...) are turned into their fields by ``curate_config``.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from glan.config import ConfigError
-from glan.curation import REASONS, CurateConfig, CurationError, MissingExtraError, curate
-from glan.curation.runner import Progress as ProgressCallback
-from glan.publish.export import ExportError, ExportResult, export
-from glan.publish.report import ReportError, report
-from glan.run.parts import RunFilesError, store_dir
-from glan.run.store import DB_NAME, Store, StoreError
-
-USER_ERRORS = (
-    ConfigError,
-    CurationError,
-    ExportError,
-    ReportError,
-    MissingExtraError,
-    RunFilesError,
-    StoreError,
+from glan.cli.common import (
+    argument,
+    comma_list,
+    command,
+    err,
+    field_option,
+    option,
+    out,
+    require_run,
+    takes,
+    user_errors,
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+from glan.curation import REASONS, CurateConfig, CurationRun, curate
+from glan.curation.runner import Progress as ProgressCallback
+from glan.publish.export import ExportResult, export
+from glan.publish.report import report
+from glan.run.store import DB_NAME, Store
 
 REASON_HELP = {
     "decontaminated": "shares a long n-gram with a benchmark item",
@@ -47,172 +46,225 @@ REASON_HELP = {
     "near_duplicate": "question nearly the same as one kept before it",
 }
 
-RunArgument = Annotated[
-    Path, typer.Argument(help="A run directory (the --out of glan generate).", show_default=False)
+RUN = argument(
+    "run", Path, help="A run directory (the --out of glan generate).", show_default=False
+)
+CURATE_DEFAULTS = CurateConfig()
+# The CurateConfig field of each option that is named otherwise.
+CURATE_NAMES = {
+    "benchmarks": "decontaminate",
+    "benchmark_fields": "benchmark_field",
+    "drop_truncated": "keep_truncated",
+    "drop_refusals": "keep_refusals",
+    "refusal_patterns": "refusal_pattern",
+    "drop_leaks": "keep_leaks",
+}
+CURATE_OPTIONS = [
+    RUN,
+    option(
+        "decontaminate",
+        str | None,
+        help="Comma-separated benchmarks to remove leaks of: .jsonl, .json, .csv or .parquet files, or hf:NAME[:CONFIG] for a datasets dataset already in the local cache (or hf:DIR saved with save_to_disk). \\[default: none]",
+        show_default=False,
+    ),
+    option(
+        "benchmark_field",
+        str,
+        default=",".join(CURATE_DEFAULTS.benchmark_fields),
+        help="The benchmark field holding the question or prompt; a comma-separated list means the first one each file has.",
+    ),
+    field_option(
+        CurateConfig,
+        "ngram",
+        help="A question is a leak when it shares this many consecutive words with a benchmark item (shorter items are matched whole).",
+    ),
+    field_option(
+        CurateConfig,
+        "dedup",
+        "--dedup/--no-dedup",
+        help="Remove exact and near-duplicate questions (first by id stays).",
+    ),
+    field_option(
+        CurateConfig,
+        "near_dup",
+        "--near-dup/--no-near-dup",
+        help="With --dedup: also near duplicates (MinHash LSH), not only exact ones.",
+    ),
+    field_option(
+        CurateConfig,
+        "near_dup_threshold",
+        help="Jaccard similarity of character shingles at which two questions are near duplicates (0-1].",
+    ),
+    field_option(CurateConfig, "shingle", help="Shingle size in characters, for near duplicates."),
+    field_option(
+        CurateConfig,
+        "num_perm",
+        help="MinHash permutations: more find near duplicates more reliably.",
+    ),
+    field_option(
+        CurateConfig,
+        "min_question_chars",
+        help="Remove questions shorter than this (empty ones always go).",
+    ),
+    field_option(
+        CurateConfig,
+        "min_answer_chars",
+        help="Remove answers shorter than this (empty ones always go).",
+    ),
+    option(
+        "keep_truncated",
+        bool,
+        "--keep-truncated",
+        default=not CURATE_DEFAULTS.drop_truncated,
+        help="Keep pairs whose question or answer hit max tokens.",
+    ),
+    option(
+        "keep_refusals",
+        bool,
+        "--keep-refusals",
+        default=not CURATE_DEFAULTS.drop_refusals,
+        help="Keep refusals and 'I don't know' answers.",
+    ),
+    option(
+        "refusal_pattern",
+        list[str] | None,
+        help="Another regex (case-insensitive) that marks a refusal when found in the first 300 characters of an answer; repeat for more.",
+        show_default=False,
+    ),
+    option(
+        "keep_leaks",
+        bool,
+        "--keep-leaks",
+        default=not CURATE_DEFAULTS.drop_leaks,
+        help="Keep questions that give their own answer away.",
+    ),
+    field_option(
+        CurateConfig,
+        "leak_overlap",
+        help="A question leaks its answer when it holds at least this share of the answer's 8-word runs (or carries an 'Answer:' line).",
+    ),
+    field_option(
+        CurateConfig,
+        "language",
+        help="Expected language of questions and answers (ko, Korean, ...); 'any' turns the check off. \\[default: the run's --language, else English]",
+        show_default=False,
+    ),
+    field_option(
+        CurateConfig,
+        "language_confidence",
+        help="Remove a pair only when the language detector is at least this sure it is in another language.",
+    ),
+]
+
+EXPORT_OPTIONS = [
+    argument(
+        "run",
+        str,
+        help="A run directory (the --out of glan generate; a Ray run's may be a URI).",
+        show_default=False,
+    ),
+    option(
+        "format",
+        str,
+        "--format",
+        "-f",
+        default="messages",
+        help="Layout of each row: messages (chat messages, as TRL and OpenAI fine-tuning read), sharegpt (conversations with from/value) or alpaca (instruction/input/output). Lineage columns are kept in every layout.",
+    ),
+    option(
+        "to",
+        str,
+        default="jsonl",
+        help="jsonl, parquet (sharded) or hf (a datasets DatasetDict saved with save_to_disk).",
+    ),
+    option(
+        "out",
+        Path | None,
+        "--out",
+        "-o",
+        help="Directory to write (replaced if it holds an earlier export). \\[default: RUN/export/FORMAT-TO]",
+        show_default=False,
+    ),
+    option(
+        "shard_size",
+        int,
+        default=100_000,
+        help="Rows per file for jsonl and parquet; more rows, more files.",
+    ),
+    option(
+        "test_per_discipline",
+        int,
+        default=0,
+        help="Hold out this many pairs per discipline as a 'test' split (the paper's GLAN-Test used 50); 0 for no test split.",
+    ),
+    option("seed", int, default=0, help="Seed of the test split's choice: same seed, same split."),
+    option(
+        "push_to_hub",
+        str | None,
+        help="With --to hf: also push to this Hugging Face Hub dataset repo (user/name); needs HF_TOKEN or `hf auth login`.",
+        show_default=False,
+    ),
+    option(
+        "private",
+        bool,
+        "--private",
+        default=False,
+        help="With --push-to-hub: make the repo private.",
+    ),
+    option(
+        "ignore_curation",
+        bool,
+        "--ignore-curation",
+        default=False,
+        help="Export every generated pair, even if glan curate has run.",
+    ),
 ]
 
 
-# Help texts as single-line paragraphs: rich keeps a docstring's line breaks, which wraps badly.
-CURATE_HELP = (
-    "Remove duplicates, benchmark leaks and bad pairs; record why each pair went.\n\n"
-    "Each pair is removed for the first reason that applies: decontaminated, too_short,"
-    " truncated, refusal, answer_leak, wrong_language, exact_duplicate, near_duplicate. Among"
-    " duplicates, the pair with the smallest id stays.\n\n"
-    "The generated data is never changed: removals (and what each matched) are stored beside it"
-    " in RUN/glan.db, [bold]glan export[/bold] leaves them out and [bold]glan report[/bold] shows"
-    " them. Running curate again replaces the previous curation."
-)
-EXPORT_HELP = (
-    "Write the dataset for training: the curated set if glan curate has run, else every pair."
-    "\n\n"
-    "Files are named the Hugging Face Hub's way (train-00000-of-00002.parquet, test.parquet), so"
-    ' datasets.load_dataset("parquet", data_dir=OUT) reads them as splits; --to hf writes a'
-    " DatasetDict for datasets.load_from_disk(OUT)."
-)
-REPORT_HELP = (
-    "One self-contained HTML page about the dataset; it opens with no network.\n\n"
-    "Pairs per field and discipline (a treemap of the taxonomy), question and answer lengths,"
-    " the basic/challenging mix, key concepts used, curation counts by reason with examples, and"
-    " tokens and cost per stage."
-)
-
-
 def register(app: typer.Typer) -> None:
-    app.command("curate", help=CURATE_HELP)(curate_command)
-    app.command("export", help=EXPORT_HELP)(export_command)
-    app.command("report", help=REPORT_HELP)(report_command)
+    command(app, "curate")(curate_command)
+    command(app, "export")(export_command)
+    command(app, "report")(report_command)
 
 
 # -- curate -------------------------------------------------------------------------------------
 
 
-def curate_command(
-    run: RunArgument,
-    decontaminate: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated benchmarks to remove leaks of: .jsonl, .json, .csv or .parquet"
-            " files, or hf:NAME[:CONFIG] for a datasets dataset already in the local cache (or"
-            " hf:DIR saved with save_to_disk). \\[default: none]",
-            show_default=False,
-        ),
-    ] = None,
-    benchmark_field: Annotated[
-        str,
-        typer.Option(
-            help="The benchmark field holding the question or prompt; a comma-separated list"
-            " means the first one each file has."
-        ),
-    ] = "question,prompt,problem",
-    ngram: Annotated[
-        int,
-        typer.Option(
-            help="A question is a leak when it shares this many consecutive words with a"
-            " benchmark item (shorter items are matched whole)."
-        ),
-    ] = 13,
-    dedup: Annotated[
-        bool,
-        typer.Option(
-            "--dedup/--no-dedup",
-            help="Remove exact and near-duplicate questions (first by id stays).",
-        ),
-    ] = True,
-    near_dup: Annotated[
-        bool,
-        typer.Option(
-            "--near-dup/--no-near-dup",
-            help="With --dedup: also near duplicates (MinHash LSH), not only exact ones.",
-        ),
-    ] = True,
-    near_dup_threshold: Annotated[
-        float,
-        typer.Option(
-            help="Jaccard similarity of character shingles at which two questions are near"
-            " duplicates (0-1]."
-        ),
-    ] = 0.8,
-    shingle: Annotated[
-        int, typer.Option(help="Shingle size in characters, for near duplicates.")
-    ] = 5,
-    num_perm: Annotated[
-        int, typer.Option(help="MinHash permutations: more find near duplicates more reliably.")
-    ] = 128,
-    min_question_chars: Annotated[
-        int, typer.Option(help="Remove questions shorter than this (empty ones always go).")
-    ] = 10,
-    min_answer_chars: Annotated[
-        int, typer.Option(help="Remove answers shorter than this (empty ones always go).")
-    ] = 20,
-    keep_truncated: Annotated[
-        bool,
-        typer.Option(
-            "--keep-truncated", help="Keep pairs whose question or answer hit max tokens."
-        ),
-    ] = False,
-    keep_refusals: Annotated[
-        bool,
-        typer.Option("--keep-refusals", help="Keep refusals and 'I don't know' answers."),
-    ] = False,
-    refusal_pattern: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Another regex (case-insensitive) that marks a refusal when found in the first"
-            " 300 characters of an answer; repeat for more.",
-            show_default=False,
-        ),
-    ] = None,
-    keep_leaks: Annotated[
-        bool,
-        typer.Option("--keep-leaks", help="Keep questions that give their own answer away."),
-    ] = False,
-    leak_overlap: Annotated[
-        float,
-        typer.Option(
-            help="A question leaks its answer when it holds at least this share of the answer's"
-            " 8-word runs (or carries an 'Answer:' line)."
-        ),
-    ] = 0.5,
-    language: Annotated[
-        str | None,
-        typer.Option(
-            help="Expected language of questions and answers (ko, Korean, ...); 'any' turns the"
-            " check off. \\[default: the run's --language, else English]",
-            show_default=False,
-        ),
-    ] = None,
-    language_confidence: Annotated[
-        float,
-        typer.Option(
-            help="Remove a pair only when the language detector is at least this sure it is in"
-            " another language."
-        ),
-    ] = 0.9,
-) -> None:
-    """glan curate (CURATE_HELP says what it does)."""
-    with _user_errors():
-        config = CurateConfig(
-            benchmarks=_split(decontaminate),
-            benchmark_fields=_split(benchmark_field) or ["question"],
-            ngram=ngram,
-            dedup=dedup,
-            near_dup=near_dup,
-            near_dup_threshold=near_dup_threshold,
-            shingle=shingle,
-            num_perm=num_perm,
-            min_question_chars=min_question_chars,
-            min_answer_chars=min_answer_chars,
-            drop_truncated=not keep_truncated,
-            drop_refusals=not keep_refusals,
-            refusal_patterns=refusal_pattern or [],
-            drop_leaks=not keep_leaks,
-            leak_overlap=leak_overlap,
-            language=language,
-            language_confidence=language_confidence,
-        )
-        _require_run(run)
+@takes(CURATE_OPTIONS)
+def curate_command(run: Path, **options: Any) -> None:
+    """Remove duplicates, benchmark leaks and bad pairs; record why each pair went.
+
+    Each pair is removed for the first reason that applies: decontaminated, too_short, truncated,
+    refusal, answer_leak, wrong_language, exact_duplicate, near_duplicate. Among duplicates, the
+    pair with the smallest id stays.
+
+    The generated data is never changed: removals (and what each matched) are stored beside it in
+    RUN/glan.db, [bold]glan export[/bold] leaves them out and [bold]glan report[/bold] shows them.
+    Running curate again replaces the previous curation.
+    """
+    with user_errors(names=CURATE_NAMES):
+        config = curate_config(options)
+        require_run(run)
         with _progress(run) as progress:
             result = curate(run, config, progress=progress)
+    _print_curation(run, result)
+
+
+def curate_config(options: dict[str, Any]) -> CurateConfig:
+    """The options as the config they stand for (see ``CURATE_NAMES``)."""
+    values = dict(options)
+    return CurateConfig(
+        benchmarks=comma_list(values.pop("decontaminate")),
+        benchmark_fields=comma_list(values.pop("benchmark_field")) or ["question"],
+        drop_truncated=not values.pop("keep_truncated"),
+        drop_refusals=not values.pop("keep_refusals"),
+        refusal_patterns=values.pop("refusal_pattern") or [],
+        drop_leaks=not values.pop("keep_leaks"),
+        **values,
+    )
+
+
+def _print_curation(run: Path, result: CurationRun) -> None:
     table = Table(title=f"glan curate {run}")
     for column in ("reason", "pairs", "what it means"):
         table.add_column(column, justify="right" if column == "pairs" else "left")
@@ -233,10 +285,6 @@ def curate_command(
     )
 
 
-def _split(value: str | None) -> list[str]:
-    return [part.strip() for part in (value or "").split(",") if part.strip()]
-
-
 @contextmanager
 def _progress(run: Path) -> Iterator[ProgressCallback | None]:
     """A progress bar on a terminal (a million pairs take minutes); nothing in a pipe."""
@@ -245,8 +293,7 @@ def _progress(run: Path) -> Iterator[ProgressCallback | None]:
         return
     store = Store.open(run)
     try:
-        count = store.db.execute("SELECT COUNT(*) FROM nodes WHERE out_seq IS NOT NULL")
-        total = count.fetchone()[0]
+        total = sum(store.rows_by_root().values())
     finally:
         store.close()
     columns = (TextColumn("curating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -262,86 +309,17 @@ def _progress(run: Path) -> Iterator[ProgressCallback | None]:
 # -- export -------------------------------------------------------------------------------------
 
 
-def export_command(
-    run: Annotated[
-        str,
-        typer.Argument(
-            help="A run directory (the --out of glan generate; a Ray run's may be a URI).",
-            show_default=False,
-        ),
-    ],
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            "-f",
-            help="Layout of each row: messages (chat messages, as TRL and OpenAI fine-tuning"
-            " read), sharegpt (conversations with from/value) or alpaca"
-            " (instruction/input/output). Lineage columns are kept in every layout.",
-        ),
-    ] = "messages",
-    to: Annotated[
-        str,
-        typer.Option(
-            help="jsonl, parquet (sharded) or hf (a datasets DatasetDict saved with save_to_disk)."
-        ),
-    ] = "jsonl",
-    out_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Directory to write (replaced if it holds an earlier export)."
-            " \\[default: RUN/export/FORMAT-TO]",
-            show_default=False,
-        ),
-    ] = None,
-    shard_size: Annotated[
-        int, typer.Option(help="Rows per file for jsonl and parquet; more rows, more files.")
-    ] = 100_000,
-    test_per_discipline: Annotated[
-        int,
-        typer.Option(
-            help="Hold out this many pairs per discipline as a 'test' split (the paper's"
-            " GLAN-Test used 50); 0 for no test split."
-        ),
-    ] = 0,
-    seed: Annotated[
-        int, typer.Option(help="Seed of the test split's choice: same seed, same split.")
-    ] = 0,
-    push_to_hub: Annotated[
-        str | None,
-        typer.Option(
-            help="With --to hf: also push to this Hugging Face Hub dataset repo (user/name);"
-            " needs HF_TOKEN or `hf auth login`.",
-            show_default=False,
-        ),
-    ] = None,
-    private: Annotated[
-        bool, typer.Option("--private", help="With --push-to-hub: make the repo private.")
-    ] = False,
-    ignore_curation: Annotated[
-        bool,
-        typer.Option(
-            "--ignore-curation", help="Export every generated pair, even if glan curate has run."
-        ),
-    ] = False,
-) -> None:
-    """glan export (EXPORT_HELP says what it does)."""
-    with _user_errors():
-        _require_run(run)
-        result = export(
-            run,
-            format=format,
-            to=to,
-            out=out_dir,
-            shard_size=shard_size,
-            test_per_discipline=test_per_discipline,
-            seed=seed,
-            push_to_hub=push_to_hub,
-            private=private,
-            use_curation=not ignore_curation,
-        )
+@takes(EXPORT_OPTIONS)
+def export_command(run: str, ignore_curation: bool, **options: Any) -> None:
+    """Write the dataset for training: the curated set if glan curate has run, else every pair.
+
+    Files are named the Hugging Face Hub's way (train-00000-of-00002.parquet, test.parquet), so
+    datasets.load_dataset("parquet", data_dir=OUT) reads them as splits; --to hf writes a
+    DatasetDict for datasets.load_from_disk(OUT).
+    """
+    with user_errors():
+        require_run(run)
+        result = export(run, use_curation=not ignore_curation, **options)
     _print_export(result)
 
 
@@ -374,62 +352,27 @@ def _print_export(result: ExportResult) -> None:
 # -- report -------------------------------------------------------------------------------------
 
 
-def report_command(
-    run: RunArgument,
-    out_file: Annotated[
-        Path | None,
-        typer.Option(
+@takes(
+    [
+        RUN,
+        option(
+            "out_file",
+            Path | None,
             "--out",
             "-o",
             help="Where to write the page. \\[default: RUN/report.html]",
             show_default=False,
         ),
-    ] = None,
-) -> None:
-    """glan report (REPORT_HELP says what it does)."""
-    with _user_errors():
-        _require_run(run)
+    ]
+)
+def report_command(run: Path, out_file: Path | None) -> None:
+    """One self-contained HTML page about the dataset; it opens with no network.
+
+    Pairs per field and discipline (a treemap of the taxonomy), question and answer lengths, the
+    basic/challenging mix, key concepts used, curation counts by reason with examples, and tokens
+    and cost per stage.
+    """
+    with user_errors():
+        require_run(run)
         path = report(run, out_file)
     out.print(f"wrote {path}")
-
-
-# -- shared -------------------------------------------------------------------------------------
-
-
-def _require_run(run: str | Path) -> None:
-    if not (store_dir(run) / DB_NAME).is_file():
-        raise ConfigError(f"{run} is not a glan run directory (no {DB_NAME} in it)")
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Errors a user can fix: one line, no traceback, exit status 1."""
-    try:
-        yield
-    except USER_ERRORS as error:
-        _fail(str(error))
-    except ValidationError as error:
-        _fail(_option_problem(error))
-    except (OSError, sqlite3.Error) as error:
-        _fail(str(error))
-
-
-def _option_problem(error: ValidationError) -> str:
-    problems = []
-    for item in error.errors():
-        name = "--" + "-".join(str(part) for part in item["loc"][:1]).replace("_", "-")
-        problems.append(f"{_OPTION_NAMES.get(name, name)}: {item['msg']}")
-    return "; ".join(problems)
-
-
-# CurateConfig fields whose option has another name
-_OPTION_NAMES = {
-    "--benchmarks": "--decontaminate",
-    "--benchmark-fields": "--benchmark-field",
-    "--refusal-patterns": "--refusal-pattern",
-}
-
-
-def _fail(message: Any) -> None:
-    err.print(f"[red]error:[/red] {escape(str(message))}")
-    raise typer.Exit(1)
