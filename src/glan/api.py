@@ -19,6 +19,7 @@ from glan.llm.client import OpenAIClient
 from glan.prompts import prompts_for
 from glan.run import ray_parts as ray_run
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
+from glan.run.lock import run_lock
 from glan.run.parts import ROWS, RunLocation, StateDir, store_dir
 from glan.run.store import DB_NAME, Store
 from glan.stages.pipeline import Pipeline
@@ -77,11 +78,25 @@ async def agenerate(
     base_url, api_key = resolve_endpoint(config.base_url, config.api_key)
     taxonomy = _taxonomy(config)
     disciplines = taxonomy.select(config.disciplines)
-    if config.engine == "ray":
-        return await _generate_on_ray(
-            config, str(out), taxonomy, disciplines, (base_url, api_key), progress
+    with run_lock(store_dir(out), "generate"):  # one writer per run directory
+        if config.engine == "ray":
+            return await _generate_on_ray(
+                config, str(out), taxonomy, disciplines, (base_url, api_key), progress
+            )
+        return await _generate_locally(
+            config, Path(out), taxonomy, disciplines, (base_url, api_key), progress
         )
-    run_dir = Path(out)
+
+
+async def _generate_locally(
+    config: GenerateConfig,
+    run_dir: Path,
+    taxonomy: Taxonomy,
+    disciplines: list[Discipline],
+    endpoint: tuple[str, str | None],
+    progress: ProgressMode,
+) -> RunStatus:
+    base_url, api_key = endpoint
     store = Store.open(run_dir)
     try:
         stats = _begin(store, config, taxonomy)
@@ -168,7 +183,7 @@ def status(
         state = store_dir(run_dir)
         if not (state / DB_NAME).exists():
             raise ConfigError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
-        store = Store.open(state)
+        store = Store.open(state, readonly=True)
         try:
             return status(run_dir, store, prices)
         finally:

@@ -31,6 +31,7 @@ from glan.curation import CurationError, MissingExtraError
 from glan.llm.errors import FatalLLMError
 from glan.publish.export import ExportError
 from glan.publish.report import ReportError
+from glan.run.lock import RunLockedError
 from glan.run.parts import RunFilesError, store_dir
 from glan.run.store import DB_NAME, StoreError
 from glan.taxonomy import TaxonomyError
@@ -49,6 +50,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     MissingExtraError,
     ReportError,
     RunFilesError,
+    RunLockedError,
     StoreError,
     TaxonomyError,
 )

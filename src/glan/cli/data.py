@@ -8,6 +8,7 @@ only the options named otherwise (``--decontaminate`` for ``benchmarks``, ``--ke
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from glan.cli.common import (
     takes,
     user_errors,
 )
+from glan.config import ConfigError
 from glan.curation import REASONS, CurateConfig, CurationRun, curate
 from glan.curation.runner import Progress as ProgressCallback
 from glan.publish.export import ExportResult, export
@@ -291,7 +293,7 @@ def _progress(run: Path) -> Iterator[ProgressCallback | None]:
     if not err.is_terminal:
         yield None
         return
-    store = Store.open(run)
+    store = Store.open(run, readonly=True)
     try:
         total = sum(store.rows_by_root().values())
     finally:
@@ -319,6 +321,8 @@ def export_command(run: str, ignore_curation: bool, **options: Any) -> None:
     """
     with user_errors():
         require_run(run)
+        if options["out"] is None:
+            _require_writable(run, "the export")
         result = export(run, use_curation=not ignore_curation, **options)
     _print_export(result)
 
@@ -374,5 +378,13 @@ def report_command(run: Path, out_file: Path | None) -> None:
     """
     with user_errors():
         require_run(run)
+        if out_file is None:
+            _require_writable(run, "the page")
         path = report(run, out_file)
     out.print(f"wrote {path}")
+
+
+def _require_writable(run: str | Path, what: str) -> None:
+    """Reading a run works on read-only media; writing into it by default does not: say so."""
+    if "://" not in str(run) and not os.access(run, os.W_OK):
+        raise ConfigError(f"{run} is read-only; pass --out to write {what} elsewhere")

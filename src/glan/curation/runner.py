@@ -32,6 +32,7 @@ from glan.curation.errors import CurationError
 from glan.curation.filters import AnswerLeak, Filter, Refusal, TooShort, Truncated, WrongLanguage
 from glan.curation.text import normalise
 from glan.run.curation import CurationLog, CurationRun
+from glan.run.lock import run_lock
 from glan.run.ray_parts import refusal
 from glan.run.store import DB_NAME, Store
 
@@ -171,7 +172,11 @@ def curate(
     run_dir = Path(run_dir)
     if not (run_dir / DB_NAME).is_file():
         raise CurationError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
-    config = config or CurateConfig()
+    with run_lock(run_dir, "curate"):  # one writer per run directory
+        return _curate(run_dir, config or CurateConfig(), progress)
+
+
+def _curate(run_dir: Path, config: CurateConfig, progress: Progress | None) -> CurationRun:
     # One connection streams the rows and, in between, commits removals in short transactions
     # (SQLite allows a write while a read statement is open; they touch different tables).
     store = Store.open(run_dir)

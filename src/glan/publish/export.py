@@ -323,7 +323,7 @@ def export(
         raise ExportError(f"exporting from {run_dir} needs --out DIR, a local directory")
     target = Path(out) if out is not None else state / "export" / f"{format}-{to}"
     _check_target(target)
-    store = Store.open(state)
+    store = Store.open(state, readonly=True)
     scratch = target.parent / f".{target.name}.partial-{os.getpid()}"
     try:
         rows: Rows = (

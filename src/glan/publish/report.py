@@ -111,7 +111,7 @@ class ReportData:
 
 
 def gather(run_dir: Path) -> ReportData:
-    store = Store.open(run_dir)
+    store = Store.open(run_dir, readonly=True)
     try:
         if why := refusal(store, "glan report"):
             raise ReportError(why)

@@ -128,7 +128,7 @@ def _state(node: TaxonomyNode, votes: bool) -> str:
 
 def _run_rows(run: Path) -> dict[str, int]:
     require_run(run)
-    store = Store.open(run)
+    store = Store.open(run, readonly=True)
     try:
         return store.rows_by_root()
     finally:
