@@ -160,6 +160,16 @@ RUN_OPTIONS = [
         float | None,
         help="Tokens per minute per model. \\[default: learnt from the provider's x-ratelimit headers]",
     ),
+    option(
+        "max_retries",
+        int | None,
+        help=f"Retries of a request that failed in passing (429, 5xx, a timeout, a dropped connection), with exponential backoff and jitter; then the item is marked failed for the next run. {default_is(DEFAULTS.max_retries)}",
+    ),
+    option(
+        "prices",
+        Path | None,
+        help="Price table YAML, USD per million tokens: a copy of the bundled src/glan/data/prices.yaml with your models added (self-hosted ones at 0). \\[default: the bundled table]",
+    ),
 ]
 # Only a run has these: estimate runs nothing.
 RUN_ONLY = [
