@@ -18,6 +18,7 @@ import pytest
 
 from conftest import cli_env, read_rows
 from glan import api
+from inprocess import run_glan
 from test_cli import generate_args
 
 
@@ -138,3 +139,107 @@ def test_a_read_only_run_can_be_read(tmp_path, make_config):
     finally:
         for path in [run, *run.iterdir()]:
             path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+# -- 1: prompt templates are checked before any request -------------------------------------------
+
+
+def test_a_template_with_an_unknown_variable_is_refused_before_any_request(tmp_path, teacher):
+    templates = tmp_path / "p"
+    templates.mkdir()
+    question = templates / "question.j2"
+    question.write_text("Ask about {{ subject }}.\n{% if no_such_var %}more{% endif %}\n")
+    expected = (
+        f"{question.resolve()}:2: unknown variable no_such_var; question.j2 may use: discipline,"
+        " key_concepts, language, learned_up_to, level, outline, question_type, sessions, subject"
+    )
+    run = generate_args(tmp_path / "run", teacher.base_url, "--prompts", str(templates))
+    one_line(run_glan(*run), 1, expected)
+    one_line(run_glan("estimate", "--prompts", str(templates)), 1, expected)
+    assert teacher.request_count == 0
+
+
+def test_a_template_file_that_replaces_nothing_is_named(tmp_path, teacher):
+    templates = tmp_path / "p"
+    templates.mkdir()
+    (templates / "questoin.j2").write_text("Ask about {{ subject }}.\n")
+    run = generate_args(tmp_path / "run", teacher.base_url, "--prompts", str(templates))
+    phrases = ("questoin.j2: no template is called questoin.j2", "did you mean question.j2?")
+    one_line(run_glan(*run), 1, *phrases)
+    assert teacher.request_count == 0
+    # A file the templates include is used, so it is no mistake.
+    (templates / "questoin.j2").rename(templates / "common.j2")
+    (templates / "question.j2").write_text('{% include "common.j2" %}\n')
+    assert run_glan("estimate", "--prompts", str(templates)).returncode == 0
+
+
+# -- 5: every option the docs name exists (tests/test_options_documented.py checks the docs) ------
+
+
+def test_estimate_takes_a_price_table(tmp_path):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  my-model: {input: 1.0, output: 2.0}\n", encoding="utf-8")
+    estimate = ("estimate", "--disciplines", "Mathematics", "--model", "my-model")
+    unpriced = run_glan(*estimate)
+    assert unpriced.returncode == 0
+    assert "n/a: a model missing from the price table" in unpriced.stdout
+    priced = run_glan(*estimate, "--prices", str(prices))
+    assert priced.returncode == 0, priced.stderr
+    assert "n/a" not in priced.stdout and "$" in priced.stdout
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_max_retries_is_an_option(tmp_path, teacher, retries):
+    teacher.always_fail("curriculum designer", fault="500")
+    result = run_glan(*generate_args(tmp_path, teacher.base_url, "--max-retries", str(retries)))
+    assert result.returncode == 3, result.stderr
+    assert teacher.request_count == 4 * (1 + retries)  # 2 disciplines x 2 subject queries
+
+
+# -- 6: config values are taken as written --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("concurrency: true\n", "concurrency: Input should be a valid integer"),
+        ('seed: "7"\n', "seed: Input should be a valid integer"),
+        ("stages:\n  answer: {max_tokens: 10.5}\n", "stages.answer.max_tokens: Input should be"),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_is_refused(tmp_path, text, problem):
+    config = tmp_path / "run.yaml"
+    config.write_text(text + "timeout: 30\nprices: prices.yaml\n", encoding="utf-8")  # ints, paths
+    line = one_line(run_glan("estimate", "--config", str(config)), 1, f"in {config}: {problem}")
+    assert "timeout" not in line and "prices" not in line
+
+
+# -- 9: a broken price table, an empty language ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("models:\n  m: {input: cheap, output: 1}\n", "not a valid price table: models.m.input:"),
+        ("models: [\n", "not valid YAML: line 2:"),
+        ("- m\n", "not a valid price table: it must be a mapping"),
+    ],
+)
+def test_a_broken_price_table_is_one_line_naming_file_and_key(tmp_path, text, problem):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(text, encoding="utf-8")
+    one_line(run_glan("estimate", "--prices", str(prices)), 1, f"{prices} is {problem}")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("estimate", "--language", " "),
+        ("estimate", "--syllabus-language", ""),
+        ("taxonomy", "build", "--out", "t.yaml", "--api-key", "x", "--language", ""),
+        ("curate", ".", "--language", ""),
+    ],
+)
+def test_an_empty_language_is_refused(command):
+    option = next(word for word in command if word.endswith("language"))
+    one_line(run_glan(*command), 1, f"{option} is empty: name a language")

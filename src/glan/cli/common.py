@@ -141,6 +141,17 @@ def require_run(run: str | Path) -> None:
         raise ConfigError(f"{run} is not a glan run directory (no {DB_NAME} in it)")
 
 
+def no_blank_languages(**languages: str | None) -> None:
+    """An option naming a language that is given empty (``--language ""``) is a mistake, not a
+    way to ask for the default (leaving the option out is)."""
+    for name, value in languages.items():
+        if value is not None and not value.strip():
+            raise ConfigError(
+                f"--{name.replace('_', '-')} is empty: name a language (Korean, ko, ...) or leave"
+                " the option out for the default"
+            )
+
+
 def comma_list(value: str | None) -> list[str]:
     """``'a, b,,c'`` as ``['a', 'b', 'c']``: how every option that takes a list reads it."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]

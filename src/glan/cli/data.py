@@ -24,6 +24,7 @@ from glan.cli.common import (
     command,
     err,
     field_option,
+    no_blank_languages,
     option,
     out,
     require_run,
@@ -254,6 +255,7 @@ def curate_command(run: Path, **options: Any) -> None:
 
 def curate_config(options: dict[str, Any]) -> CurateConfig:
     """The options as the config they stand for (see ``CURATE_NAMES``)."""
+    no_blank_languages(language=options["language"])
     values = dict(options)
     return CurateConfig(
         benchmarks=comma_list(values.pop("decontaminate")),

@@ -22,6 +22,7 @@ from glan.cli.common import (
     command,
     default_is,
     err,
+    no_blank_languages,
     option,
     setup_logging,
     takes,
@@ -235,6 +236,9 @@ def estimate(**options: Any) -> None:
 
 def run_config(options: dict[str, Any]) -> GenerateConfig:
     """The run's config: the --config file, then every flag the user gave."""
+    no_blank_languages(
+        language=options.get("language"), syllabus_language=options.get("syllabus_language")
+    )
     values = {name: value for name, value in options.items() if name not in ("out", "config")}
     values["disciplines"] = comma_list(values.get("disciplines")) or None
     ray = {"address": values.pop("ray_address", None), "workers": values.pop("ray_workers", None)}

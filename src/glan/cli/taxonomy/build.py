@@ -16,6 +16,7 @@ from glan.cli.common import (
     REQUIRED,
     err,
     field_option,
+    no_blank_languages,
     option,
     out,
     setup_logging,
@@ -104,6 +105,7 @@ def build_command(
                 f"{out_file} exists (it may hold review votes); pass --force to overwrite it,"
                 " or choose another --out"
             )
+        no_blank_languages(language=settings["language"])
         config = BuildConfig.make(**settings)
         result = build(config, out_file, work_dir=work_dir, log=_log)
     _print_build(result, out_file, work_dir or default_work_dir(out_file))
