@@ -245,7 +245,8 @@ def curate_command(run: Path, **options: Any) -> None:
     RUN/glan.db, [bold]glan export[/bold] leaves them out and [bold]glan report[/bold] shows them.
     Running curate again replaces the previous curation.
     """
-    with user_errors(names=CURATE_NAMES):
+    stopped = "stopped; the previous curation, if any, stays in force. Run the command again."
+    with user_errors(names=CURATE_NAMES, stopped=stopped):
         config = curate_config(options)
         require_run(run)
         with _progress(run) as progress:
