@@ -1,7 +1,8 @@
 """The ``glan`` command: the app, and its commands gathered from one module per group.
 
-``generate`` (generate, estimate), ``status``, ``data`` (curate, export, report), ``taxonomy``
-(a package: build, review, edit, show) and ``prompts``. What they share, above all the one way a
+``generate`` (generate, estimate), ``status``, ``curate``, ``publish`` (export, report),
+``taxonomy`` (a package: build, review, edit, show) and ``prompts``; the modules mirror the
+packages of ``glan`` they drive. What they share, above all the one way a
 command fails, is in ``common``.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from glan.cli import data, generate, prompts, status, taxonomy
+from glan.cli import curate, generate, prompts, publish, status, taxonomy
 
 app = typer.Typer(
     help=(
@@ -23,7 +24,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-for group in (generate, status, data, taxonomy, prompts):  # in the order --help lists them
+for group in (
+    generate,
+    status,
+    curate,
+    publish,
+    taxonomy,
+    prompts,
+):  # in the order --help lists them
     group.register(app)
 
 

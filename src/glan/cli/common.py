@@ -187,6 +187,11 @@ def argument(name: str, kind: Any, **info: Any) -> Any:
     )
 
 
+RUN = argument(
+    "run", Path, help="A run directory (the --out of glan generate).", show_default=False
+)
+
+
 def takes(parameters: Sequence[inspect.Parameter]) -> Callable[[F], F]:
     """Give a ``command(**options)`` these parameters, in this order (typer reads them from the
     signature); the command gets them as keyword arguments."""
