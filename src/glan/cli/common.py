@@ -16,7 +16,7 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -80,11 +80,8 @@ def user_errors(
     """
     stop = _Stop() if stopped is not None else None
     try:
-        if stop is None:
+        with stop or nullcontext():
             yield
-        else:
-            with stop:
-                yield
     except KeyboardInterrupt:
         if stop is None:
             raise
