@@ -20,6 +20,7 @@ from glan.prompts import prompts_for
 from glan.run import Run, is_run, open_run
 from glan.run.batches import SqliteBatchRecords
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
+from glan.run.lock import run_lock
 from glan.run.parts import StateDir
 from glan.run.store import DB_NAME, Store
 from glan.stages.pipeline import Pipeline
@@ -78,11 +79,25 @@ async def agenerate(
     base_url, api_key = resolve_endpoint(config.base_url, config.api_key)
     taxonomy = _taxonomy(config)
     disciplines = taxonomy.select(config.disciplines)
-    if config.engine == "ray":
-        return await _generate_on_ray(
-            config, str(out), taxonomy, disciplines, (base_url, api_key), progress
+    with run_lock(StateDir(str(out)).path, "generate"):  # one writer per run directory
+        if config.engine == "ray":
+            return await _generate_on_ray(
+                config, str(out), taxonomy, disciplines, (base_url, api_key), progress
+            )
+        return await _generate_locally(
+            config, Path(out), taxonomy, disciplines, (base_url, api_key), progress
         )
-    run_dir = Path(out)
+
+
+async def _generate_locally(
+    config: GenerateConfig,
+    run_dir: Path,
+    taxonomy: Taxonomy,
+    disciplines: list[Discipline],
+    endpoint: tuple[str, str | None],
+    progress: ProgressMode,
+) -> RunStatus:
+    base_url, api_key = endpoint
     store = Store.open(run_dir)
     try:
         stats = _begin(store, config, taxonomy)

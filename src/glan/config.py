@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from glan.languages import language_name
 
@@ -30,10 +30,16 @@ def resolve_endpoint(base_url: str | None, api_key: str | None) -> tuple[str, st
     return base_url, api_key
 
 
+# Config values are taken as written, not coerced: `concurrency: true` or `seed: "7"` in a file
+# is an error naming the key, not 1 or 7. An int is still a float; paths may be strings.
+STRICT = ConfigDict(extra="forbid", strict=True)
+AnyPath = Annotated[Path, Strict(False)]  # a Path, or a string naming one
+
+
 class StageSettings(BaseModel):
     """Model and sampling of one stage; no ``model`` means the run's (answers: ``answer_model``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -42,7 +48,7 @@ class StageSettings(BaseModel):
 
 
 class Stages(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     # Paper: subjects and syllabi at T=1.0, top-p 0.95; answers at T=0.7, top-p 0.95.
     subjects: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=4096)
@@ -52,7 +58,7 @@ class Stages(BaseModel):
 
 
 class RateLimit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
@@ -61,7 +67,7 @@ class RateLimit(BaseModel):
 class RayOptions(BaseModel):
     """How ``--engine ray`` spreads the wide stages (questions, answers) over a Ray cluster."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     address: str | None = None  # None: start Ray on this machine; "auto": join the cluster
     workers: int = Field(default=2, ge=1)  # actors per wide stage; --concurrency is split on them
@@ -72,7 +78,7 @@ class RayOptions(BaseModel):
 class GenerateConfig(BaseModel):
     """Everything that decides what a run asks for. Same config and seed, same ids and prompts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     # teacher
     model: str = "gpt-4o-mini"
@@ -82,12 +88,12 @@ class GenerateConfig(BaseModel):
     structured_output: Literal["auto", "response_format", "prompt"] = "auto"
     send_seed: bool = True
     # what to generate
-    taxonomy: Path | None = None
+    taxonomy: AnyPath | None = None
     disciplines: list[str] | None = None
     language: str | None = None  # of questions and answers; None: the teacher's default
     syllabus_language: str | None = None  # of subjects and syllabi; None: English
     allow_unreviewed: bool = False  # generate from a taxonomy with nodes nobody has reviewed
-    prompts_dir: Path | None = None  # NAME.j2 files here replace the bundled templates
+    prompts_dir: AnyPath | None = None  # NAME.j2 files here replace the bundled templates
     subject_queries: int = Field(default=10, ge=1)
     max_subjects_per_discipline: int | None = Field(default=None, ge=1)
     questions_per_syllabus: int = Field(default=10, ge=0)
@@ -95,7 +101,7 @@ class GenerateConfig(BaseModel):
     single_turn: bool = False
     seed: int = 0
     stages: Stages = Stages()
-    prices: Path | None = None  # price table YAML; None: the bundled one
+    prices: AnyPath | None = None  # price table YAML; None: the bundled one
     # engine
     engine: Literal["local", "ray"] = "local"
     ray: RayOptions = RayOptions()
@@ -146,10 +152,22 @@ class GenerateConfig(BaseModel):
             return cls.model_validate(values)
         except ValidationError as error:
             where = f" in {path}" if path else ""
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-            )
-            raise ConfigError(f"invalid configuration{where}: {problems}") from None
+            raise ConfigError(f"invalid configuration{where}: {problems(error)}") from None
+
+
+def problems(error: ValidationError) -> str:
+    """A pydantic error in one line, each problem after the key it is about:
+    ``concurrency: Input should be a valid integer; stages.answer.temprature: ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}" for e in error.errors()
+    )
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong with a YAML text and where, in one line: ``line 2: expected ...``."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -158,7 +176,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from glan.config import ConfigError
+from glan.config import ConfigError, problems, yaml_problem
 from glan.run.store import Store
 
 
@@ -40,9 +40,18 @@ class PriceTable(BaseModel):
                 raise ConfigError(f"cannot read price table {path}: {error.strerror}") from None
             source = str(path)
         try:
-            return cls.model_validate(yaml.safe_load(text) or {})
-        except (yaml.YAMLError, ValidationError) as error:
-            raise ConfigError(f"{source} is not a valid price table: {error}") from None
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{source} is not valid YAML: {yaml_problem(error)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{source} is not a valid price table: it must be a mapping such as"
+                " 'models: {gpt-4o: {input: 2.5, output: 10}}' (USD per million tokens)"
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(f"{source} is not a valid price table: {problems(error)}") from None
 
     def price(self, model: str) -> Price | None:
         """The price of ``model``, or of the longest listed name it starts with."""

@@ -32,6 +32,8 @@ from glan.curation.filters import AnswerLeak, Filter, Refusal, TooShort, Truncat
 from glan.curation.text import normalise
 from glan.run import Run, is_run, open_run
 from glan.run.curation import CurationLog, CurationRun
+from glan.run.lock import run_lock
+from glan.run.parts import StateDir
 from glan.run.store import DB_NAME
 
 # Every reason a pair can be removed for, in the order they are tried.
@@ -178,7 +180,12 @@ def curate(
     """
     if not is_run(run_dir):
         raise CurationError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
-    config = config or CurateConfig()
+    # one writer per run directory: the lock is where glan.db is (a Ray run's state directory)
+    with run_lock(StateDir(str(run_dir)).path, "curate"):
+        return _curate(run_dir, config or CurateConfig(), progress)
+
+
+def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None) -> CurationRun:
     run = open_run(run_dir, write=True)
     try:
         # Benchmarks and filters are loaded before anything is written: a bad file fails first.

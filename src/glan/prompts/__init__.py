@@ -11,14 +11,18 @@ templates; ``prompts_for(directory)`` gives the set a run with its own directory
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import shutil
+import traceback
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.nodes
+from jinja2 import meta
 
 from glan.config import ConfigError
 
@@ -57,13 +61,43 @@ class Prompts:
             auto_reload=False,  # the texts are fixed above; checking them per render costs
         )
         self._templates: dict[str, jinja2.Template] = {}
-        for name in self.overrides:  # a broken template is a config error now, not 1000 failures
-            try:
-                self.environment.get_template(name + SUFFIX)
-            except jinja2.TemplateSyntaxError as error:
-                raise ConfigError(
-                    f"{self.overrides[name]}:{error.lineno}: template error: {error.message}"
-                ) from None
+        self._check()  # a broken template is a config error now, not 1000 failed requests
+
+    def _check(self) -> None:
+        """The user's templates, before any request: each parses, uses only the variables the
+        template it replaces is given, and replaces a template or is included by one (a file
+        that does neither is most likely a misspelt name, and silently unused)."""
+        trees = {name: self._parse(name) for name in self.overrides}
+        included = {
+            ref.removesuffix(SUFFIX)
+            for tree in trees.values()
+            for ref in meta.find_referenced_templates(tree)
+            if ref
+        }
+        for name, tree in trees.items():
+            if name in self.bundled:
+                allowed = self.variables(name)
+            elif name in included:  # a part included by templates: it sees their variables
+                allowed = frozenset().union(*(self.variables(n) for n in self.bundled))
+            else:
+                raise ConfigError(_unknown_template(self.overrides[name], sorted(self.bundled)))
+            unknown = meta.find_undeclared_variables(tree) - allowed
+            if unknown:
+                raise ConfigError(_unknown_variables(self.overrides[name], tree, unknown, allowed))
+
+    def _parse(self, name: str) -> jinja2.nodes.Template:
+        source = self.environment.loader.get_source(self.environment, name + SUFFIX)[0]  # type: ignore[union-attr]
+        try:
+            return self.environment.parse(source)
+        except jinja2.TemplateSyntaxError as error:
+            raise ConfigError(
+                f"{self.overrides[name]}:{error.lineno}: template error: {error.message}"
+            ) from None
+
+    def variables(self, name: str) -> frozenset[str]:
+        """The variables template ``name`` is rendered with: those its bundled version uses."""
+        source = self.bundled[name].decode("utf-8")
+        return frozenset(meta.find_undeclared_variables(self.environment.parse(source)))
 
     def render(self, name: str, **variables: Any) -> str:
         """The template ``name`` (without ``.j2``) filled in."""
@@ -74,7 +108,47 @@ class Prompts:
             except jinja2.TemplateNotFound:
                 raise ConfigError(f"no prompt template named {name}{SUFFIX}") from None
             self._templates[name] = template
-        return template.render(**variables).strip()
+        try:
+            return template.render(**variables).strip()
+        except jinja2.TemplateError as error:  # e.g. an attribute the variable does not have
+            where = self.overrides.get(name, name + SUFFIX)
+            line = next(
+                (
+                    f.lineno
+                    for f in reversed(traceback.extract_tb(error.__traceback__))
+                    if f.filename == "<template>"
+                ),
+                None,
+            )
+            at = f":{line}" if line else ""
+            raise ConfigError(f"{where}{at}: template error: {error}") from None
+
+
+def _unknown_template(path: Path, names: list[str]) -> str:
+    close = difflib.get_close_matches(path.name.removesuffix(SUFFIX), names, n=1)
+    hint = f"did you mean {close[0]}{SUFFIX}? " if close else ""
+    return (
+        f"{path}: no template is called {path.name} and none includes it, so it would not be"
+        f" used; {hint}the templates are {', '.join(n + SUFFIX for n in names)}"
+    )
+
+
+def _unknown_variables(
+    path: Path, tree: jinja2.nodes.Template, unknown: set[str], allowed: frozenset[str]
+) -> str:
+    lines = {
+        node.name: node.lineno
+        for node in reversed(list(tree.find_all(jinja2.nodes.Name)))
+        if node.name in unknown
+    }  # the first line each is used on
+    first = min(unknown, key=lambda name: (lines.get(name, 0), name))
+    names = ", ".join(sorted(unknown, key=lambda name: (lines.get(name, 0), name)))
+    may = ", ".join(sorted(allowed)) or "none"
+    plural = "s" if len(unknown) > 1 else ""
+    return (
+        f"{path}:{lines.get(first, 1)}: unknown variable{plural} {names};"
+        f" {path.name} may use: {may}"
+    )
 
 
 def _bundled() -> dict[str, bytes]:

@@ -84,7 +84,7 @@ def open_run(where: str | Path, *, write: bool = False) -> Run:
     state = StateDir(str(where))
     if not (state.path / DB_NAME).is_file():
         raise StoreError(f"{where} is not a glan run directory (no {DB_NAME} in it)")
-    store = Store.open(state.path)
+    store = Store.open(state.path, readonly=not write)
     try:
         if store.get_meta(ENGINE_META) == "ray":
             from glan.run.ray_run import RayRun

@@ -232,12 +232,6 @@ class StateDir:
             raise RunFilesError(f"cannot copy {path} to {to}: {error}") from None
 
 
-def store_dir(run: str | Path) -> Path:
-    """The local directory that holds a run's glan.db: the run directory itself, or, for a Ray
-    run in an object store, the driver's state directory (fetched when this machine has none)."""
-    return StateDir(str(run)).path if "://" in str(run) else Path(run)
-
-
 class RunFilesError(Exception):
     """A run directory's Parquet parts cannot be read or written; the message says which."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -73,13 +74,17 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
+        if readonly:
+            self.db = _open_readonly(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            if not readonly:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA busy_timeout=10000")
             # Ids are hashes, so inserts land on random index pages: keep many pages in memory.
             self.db.execute("PRAGMA cache_size=-65536")
@@ -95,8 +100,10 @@ class Store:
         )
 
     @classmethod
-    def open(cls, run_dir: str | Path) -> Store:
-        return cls(Path(run_dir) / DB_NAME)
+    def open(cls, run_dir: str | Path, *, readonly: bool = False) -> Store:
+        """The store of a run directory; ``readonly`` for commands that only read (status,
+        export, report): they work on read-only media too."""
+        return cls(Path(run_dir) / DB_NAME, readonly=readonly)
 
     def _migrate(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -104,6 +111,8 @@ class Store:
             raise StoreError(
                 f"{self.path} was written by a newer glan (schema {version}); upgrade glan"
             )
+        if self.readonly and version < len(MIGRATIONS):
+            raise StoreError(_STALE_READONLY.format(path=self.path, what="schema"))
         for number in range(version, len(MIGRATIONS)):
             self.db.executescript(
                 f"BEGIN; {MIGRATIONS[number]}; PRAGMA user_version = {number + 1}; COMMIT;"
@@ -123,6 +132,8 @@ class Store:
             raise StoreError(
                 f"{self.path} has {component} schema {version}, newer than this glan; upgrade glan"
             )
+        if self.readonly and version < len(migrations):
+            raise StoreError(_STALE_READONLY.format(path=self.path, what=f"{component} tables"))
         for number in range(version, len(migrations)):
             try:
                 self.db.execute("BEGIN")
@@ -420,6 +431,37 @@ class Store:
                 "SELECT root, COUNT(*) FROM nodes WHERE out_seq IS NOT NULL GROUP BY root"
             ).fetchall()
         )
+
+
+_STALE_READONLY = (
+    "{path} was written by an older glan and its {what} must be upgraded, which this read-only"
+    " open cannot do; run any glan command that writes to it (glan generate) once, or copy the run"
+    " directory somewhere writable"
+)
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that never writes: ``mode=ro``; on a read-only directory also
+    ``immutable=1`` (SQLite cannot make the shared-memory file a WAL reader needs there), unless a
+    write-ahead log is there, whose commits ``immutable`` would not see."""
+    if not path.is_file():
+        raise StoreError(f"cannot open the run store {path}: no such file")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    wal = path.with_name(path.name + "-wal")
+    if not os.access(path.parent, os.W_OK) and not wal.exists():
+        uri += "&immutable=1"
+    try:
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as error:
+        where = path.parent
+        if wal.exists() and not os.access(where, os.W_OK):
+            raise StoreError(
+                f"cannot read {path}: {where} is read-only and holds an unfinished write-ahead log"
+                f" ({wal.name}); copy the run directory somewhere writable and read it there"
+            ) from None
+        raise StoreError(f"cannot open the run store {path} read-only: {error}") from None
+    return db
 
 
 def call_record(

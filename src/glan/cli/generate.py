@@ -1,0 +1,284 @@
+"""``glan generate`` and ``glan estimate``: one set of options, the run's config, and its plan.
+
+The options are declared once, as data (``RUN_OPTIONS``): ``generate`` takes them, ``estimate``
+takes the same ones. Each sets the ``GenerateConfig`` field of its name (``ray_*`` set ``ray.*``);
+every option defaults to None, unset, so a ``--config`` file's value stands unless a flag is
+given, and the default its help shows is read from ``GenerateConfig``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from glan import api
+from glan.cli.common import (
+    REQUIRED,
+    comma_list,
+    command,
+    default_is,
+    err,
+    no_blank_languages,
+    option,
+    setup_logging,
+    takes,
+    user_errors,
+)
+from glan.cli.status import print_status
+from glan.config import ConfigError, GenerateConfig
+from glan.costs.prices import PriceTable
+
+DEFAULTS = GenerateConfig()
+
+OUT = option(
+    "out",
+    str,
+    "--out",
+    "-o",
+    default=None,
+    help="Run directory (created if missing; an existing one is continued). With --engine ray also a URI such as s3://bucket/runs/big.",
+)
+RUN_OPTIONS = [
+    OUT.replace(default=REQUIRED),  # required by generate; estimate takes it as optional
+    option(
+        "disciplines",
+        str | None,
+        help="Comma-separated disciplines (or fields, or 'Field > Sub > Discipline' paths) to generate; default: all in the taxonomy.",
+    ),
+    option(
+        "taxonomy",
+        Path | None,
+        help="Your taxonomy YAML; default: the bundled one (the paper's 126 disciplines).",
+    ),
+    option(
+        "model",
+        str | None,
+        help=f"Teacher model for subjects, syllabi and questions. {default_is(DEFAULTS.model)}",
+    ),
+    option("answer_model", str | None, help="Model for the answers. \\[default: --model]"),
+    option(
+        "base_url",
+        str | None,
+        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1. \\[default: $OPENAI_BASE_URL or OpenAI]",
+    ),
+    option("api_key", str | None, help="API key. \\[default: $OPENAI_API_KEY]"),
+    option(
+        "config",
+        Path | None,
+        "--config",
+        "-c",
+        help="YAML file with any of these options and per-stage model/temperature/top_p/max_tokens; flags override it.",
+    ),
+    option(
+        "seed",
+        int | None,
+        help=f"Seed of every sample: same config and seed, same ids and prompts. {default_is(DEFAULTS.seed)}",
+    ),
+    option(
+        "subject_queries",
+        int | None,
+        help=f"Subject-list queries per discipline, merged and de-duplicated. {default_is(DEFAULTS.subject_queries)}",
+    ),
+    option(
+        "max_subjects_per_discipline",
+        int | None,
+        help="Keep at most this many subjects per discipline. \\[default: all]",
+    ),
+    option(
+        "questions_per_syllabus",
+        int | None,
+        help=f"Questions sampled from each syllabus. {default_is(DEFAULTS.questions_per_syllabus)}",
+    ),
+    option(
+        "challenging_ratio",
+        float | None,
+        help=f"Share of 'challenging' questions (two sessions) vs 'basic' (one). {default_is(DEFAULTS.challenging_ratio)}",
+    ),
+    option("language", str | None, help="Language of questions and answers, e.g. Korean or ko."),
+    option(
+        "syllabus_language",
+        str | None,
+        help="Language of subjects and syllabi (what questions are drawn from). \\[default: English]",
+    ),
+    option(
+        "prompts_dir",
+        Path | None,
+        "--prompts",
+        help="Directory of your own prompt templates: a NAME.j2 there replaces the bundled one (glan prompts export DIR copies them out).",
+    ),
+    option(
+        "allow_unreviewed",
+        bool,
+        "--allow-unreviewed",
+        default=False,
+        help="Generate from a taxonomy even if some nodes are unreviewed (see glan taxonomy review).",
+    ),
+    option(
+        "single_turn",
+        bool,
+        "--single-turn",
+        default=False,
+        help="Ask for JSON at once instead of the paper's free text + conversion turn (cheaper, often worse).",
+    ),
+    option(
+        "batch",
+        bool,
+        "--batch",
+        default=False,
+        help="Send questions and answers through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
+    ),
+    option(
+        "engine",
+        str | None,
+        help=f'local: one process, everything in OUT/glan.db and OUT/instructions.jsonl. ray: questions and answers spread over a Ray cluster, pairs as Parquet in OUT/rows (pip install "glan\\[ray]"; docs in the README). {default_is(DEFAULTS.engine)}',
+    ),
+    option(
+        "ray_address",
+        str | None,
+        help="With --engine ray: the cluster to join ('auto' for the one this machine is in). \\[default: start Ray on this machine]",
+    ),
+    option(
+        "ray_workers",
+        int | None,
+        help=f"With --engine ray: worker actors for questions, and as many for answers; --concurrency is split evenly among them all. {default_is(DEFAULTS.ray.workers)}",
+    ),
+    option(
+        "concurrency",
+        int | None,
+        help=f"Requests in flight across all stages. {default_is(DEFAULTS.concurrency)}",
+    ),
+    option(
+        "rpm",
+        float | None,
+        help="Requests per minute per model. \\[default: learnt from the provider's x-ratelimit headers]",
+    ),
+    option(
+        "tpm",
+        float | None,
+        help="Tokens per minute per model. \\[default: learnt from the provider's x-ratelimit headers]",
+    ),
+    option(
+        "max_retries",
+        int | None,
+        help=f"Retries of a request that failed in passing (429, 5xx, a timeout, a dropped connection), with exponential backoff and jitter; then the item is marked failed for the next run. {default_is(DEFAULTS.max_retries)}",
+    ),
+    option(
+        "prices",
+        Path | None,
+        help="Price table YAML, USD per million tokens: a copy of the bundled src/glan/data/prices.yaml with your models added (self-hosted ones at 0). \\[default: the bundled table]",
+    ),
+]
+# Only a run has these: estimate runs nothing.
+RUN_ONLY = [
+    option("progress", str, default="auto", help="auto, live, log or none."),
+    option("verbose", bool, "--verbose", "-v", default=False, help="Log retries and fallbacks."),
+]
+PROGRESS_MODES = ("auto", "live", "log", "none")
+
+
+def register(app: typer.Typer) -> None:
+    command(app, "generate")(generate)
+    command(app, "estimate")(estimate)
+
+
+@takes([*RUN_OPTIONS, *RUN_ONLY])
+def generate(**options: Any) -> None:
+    """Generate question-answer pairs into OUT/instructions.jsonl.
+
+    Stop it at any moment (Ctrl-C, kill -9) and run the same command again: it continues where it
+    stopped and never sends a request whose reply is already stored.
+    """
+    setup_logging(options.pop("verbose"))
+    mode = options.pop("progress")
+    out = options["out"]
+    settings: GenerateConfig | None = None
+
+    def stopped() -> str:
+        kept = "everything received is stored"
+        if settings is not None and settings.engine == "ray":  # workers write every few seconds
+            kept = "everything received up to the workers' last write (a few seconds) is stored"
+        return f"stopped; {kept}. Run the same command to continue ({out})."
+
+    with user_errors(stopped=stopped, rerun=True):
+        if mode not in PROGRESS_MODES:
+            raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
+        settings = run_config(options)
+        print_plan(api.plan(settings), brief=True, batched=settings.batch)
+        result = api.generate(settings, out, progress=mode)
+    print_status(result)
+    if result.failed:
+        err.print(
+            f"[yellow]{result.failed} items failed; run the same command again to retry them."
+        )
+        raise typer.Exit(3)
+
+
+@takes([OUT if p.name == "out" else p for p in RUN_OPTIONS])
+def estimate(**options: Any) -> None:
+    """Say what a run will ask for and what it will cost, without sending a request.
+
+    Takes the options of [bold]glan generate[/bold]. Call counts follow from the options (exact
+    when --max-subjects-per-discipline caps the subjects); tokens are estimates; prices come from
+    the bundled table or --prices FILE. With --out, also what that run has already spent.
+    """
+    with user_errors():
+        settings = run_config(options)
+        print_plan(api.plan(settings), brief=False)
+        out = options.get("out")
+        if out is not None and (Path(out) / "glan.db").exists():
+            spent = api.status(out, prices=PriceTable.load(settings.prices))
+            print(f"already in {out}: {spent.rows:,} rows, ${spent.cost:,.2f} spent")
+
+
+def run_config(options: dict[str, Any]) -> GenerateConfig:
+    """The run's config: the --config file, then every flag the user gave."""
+    no_blank_languages(
+        language=options.get("language"), syllabus_language=options.get("syllabus_language")
+    )
+    values = {name: value for name, value in options.items() if name not in ("out", "config")}
+    values["disciplines"] = comma_list(values.get("disciplines")) or None
+    ray = {"address": values.pop("ray_address", None), "workers": values.pop("ray_workers", None)}
+    # An unset switch must not override the config file: only True counts.
+    config = GenerateConfig.load(
+        options.get("config"), **{k: (None if v is False else v) for k, v in values.items()}
+    )
+    ray = {key: value for key, value in ray.items() if value is not None}
+    if ray:  # validated as if the config file had said it
+        dumped = config.model_dump(mode="json")
+        dumped["ray"].update(ray)
+        config = GenerateConfig.load(None, **dumped, api_key=config.api_key)
+    return config
+
+
+def print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = False) -> None:
+    calls = sum(s.calls for s in plan)
+    online = _total(s.cost for s in plan)
+    batch = _total(s.batch_cost for s in plan)
+    if brief:
+        price, label = (batch, "batch prices") if batched else (online, "list prices")
+        cost = f", about ${price:,.2f} at {label}" if price is not None else ""
+        err.print(f"plan: {calls:,} calls{cost} (glan estimate shows the details)")
+        return
+    table = Table(title="plan")
+    for column in ("stage", "model", "calls", "tokens in", "tokens out", "online $", "batch $"):
+        table.add_column(column, justify="left" if column in ("stage", "model") else "right")
+    for s in plan:
+        amounts = (f"{s.calls:,}", f"{s.tokens_in:,}", f"{s.tokens_out:,}")
+        table.add_row(s.stage, s.model, *amounts, _usd(s.cost), _usd(s.batch_cost))
+    table.add_row("total", "", f"{calls:,}", "", "", _usd(online), _usd(batch))
+    Console().print(table)
+    if online is None:
+        print("n/a: a model missing from the price table (add it with --prices FILE)")
+
+
+def _total(costs: Any) -> float | None:
+    values = list(costs)
+    return None if any(v is None for v in values) else sum(values)
+
+
+def _usd(value: float | None) -> str:
+    return "n/a" if value is None else f"${value:,.2f}"
