@@ -11,7 +11,6 @@ run of ten million rows costs tens of megabytes to count.
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -189,11 +188,7 @@ def failures(location: RunLocation, done: np.ndarray) -> dict[str, Failure]:
 def errors(store: Store, failed: dict[str, Failure], limit: int = 10) -> list[tuple[str, str, str]]:
     """(kind, id, error) of the failed items of glan.db and failed/, most recent first, like
     ``Store.errors``."""
-    narrow = store.db.execute(
-        "SELECT updated_at, kind, id, error FROM nodes WHERE status = 'failed'"
-        " ORDER BY updated_at DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
+    narrow = store.failures(limit)
     wide = [(f.failed_at, f.kind, f.id, f.error) for f in failed.values()]
     recent = heapq.nlargest(limit, [*narrow, *wide], key=lambda entry: entry[0])
     return [(kind, node_id, error) for _, kind, node_id, error in recent]
@@ -224,8 +219,7 @@ def _finished_syllabi(store: Store) -> int:
 
 
 def _questions_per_syllabus(store: Store) -> int:
-    row = store.db.execute("SELECT config FROM invocations ORDER BY rowid DESC LIMIT 1").fetchone()
-    config = json.loads(row[0]) if row else {}
+    config = store.last_invocation()
     return int(config.get("questions_per_syllabus", GenerateConfig().questions_per_syllabus))
 
 

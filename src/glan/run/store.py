@@ -230,6 +230,13 @@ class Store:
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
         )
 
+    def last_invocation(self) -> dict[str, Any]:
+        """The config of the latest run that used this store ({} when none did)."""
+        row = self.db.execute(
+            "SELECT config FROM invocations ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        return json.loads(row[0]) if row else {}
+
     def log_invocation(self, config: dict[str, Any]) -> None:
         self._write(
             "INSERT INTO invocations (started_at, config) VALUES (?, ?)",
@@ -379,8 +386,12 @@ class Store:
 
     def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:
         """(kind, id, error) of failed nodes, most recent first."""
+        return [(kind, node_id, error) for _, kind, node_id, error in self.failures(limit)]
+
+    def failures(self, limit: int = 10) -> list[tuple[float, str, str, str]]:
+        """(when, kind, id, error) of failed nodes, most recent first."""
         return self.db.execute(
-            "SELECT kind, id, error FROM nodes WHERE status = 'failed'"
+            "SELECT updated_at, kind, id, error FROM nodes WHERE status = 'failed'"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         ).fetchall()
