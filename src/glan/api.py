@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from glan.config import ConfigError, GenerateConfig, resolve_endpoint
 from glan.costs.estimate import WIDE_STAGES, StageEstimate, estimate
 from glan.costs.prices import PriceTable, StageSpend, spend_by_stage
-from glan.costs.progress import LABELS, LiveProgress, LogProgress, NoProgress, RunStats
+from glan.costs.progress import (
+    LABELS,
+    ProgressMode,
+    RunStats,
+    display_for,
+)
 from glan.engine.local import Limits, LocalEngine
 from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
 from glan.prompts import prompts_for
+from glan.quality import ReviewSummary, review
 from glan.run import Run, is_run, open_run
 from glan.run.batches import SqliteBatchRecords
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
@@ -24,9 +28,8 @@ from glan.run.lock import run_lock
 from glan.run.parts import StateDir
 from glan.run.store import DB_NAME, Store
 from glan.stages.pipeline import Pipeline
+from glan.stages.review import ReviewWorkflow
 from glan.taxonomy import Discipline, Taxonomy
-
-ProgressMode = Literal["auto", "live", "log", "none"]
 
 
 @dataclass
@@ -49,6 +52,7 @@ class RunStatus:
     # rows of disciplines no longer in the taxonomy (removed or renamed), by discipline path
     removed: dict[str, int] = field(default_factory=dict)
     dataset: str = ""  # where the pairs are: instructions.jsonl, or a Ray run's rows/
+    review: ReviewSummary | None = None  # with --judge or --verify N
 
     @property
     def complete(self) -> bool:
@@ -81,12 +85,16 @@ async def agenerate(
     disciplines = taxonomy.select(config.disciplines)
     with run_lock(StateDir(str(out)).path, "generate"):  # one writer per run directory
         if config.engine == "ray":
-            return await _generate_on_ray(
+            result = await _generate_on_ray(
                 config, str(out), taxonomy, disciplines, (base_url, api_key), progress
             )
-        return await _generate_locally(
-            config, Path(out), taxonomy, disciplines, (base_url, api_key), progress
-        )
+        else:
+            result = await _generate_locally(
+                config, Path(out), taxonomy, disciplines, (base_url, api_key), progress
+            )
+        if config.judge or config.verify:  # --judge, --verify N: the review, on the same lock
+            result.review = await review(out, config, progress=progress)
+        return result
 
 
 async def _generate_locally(
@@ -118,7 +126,7 @@ async def _generate_locally(
                 client,
                 output,
                 stats,
-                _display(progress, stats),
+                display_for(progress, stats),
                 batch_clients=dict.fromkeys(WIDE_STAGES, batch) if batch else None,
             )
             engine.prepare(pipeline.roots(disciplines))
@@ -154,7 +162,7 @@ async def _generate_on_ray(
         stats = _begin(store, config, taxonomy)
         async with OpenAIClient.for_settings(config, *endpoint, config.limits()) as client:
             engine = RayEngine(
-                config, store, state, client, endpoint, stats, _display(progress, stats)
+                config, store, state, client, endpoint, stats, display_for(progress, stats)
             )
             engine.prepare(Pipeline(config).roots(disciplines))
             await engine.run()
@@ -195,7 +203,9 @@ def _status(run: Run, prices: PriceTable | None) -> RunStatus:
     counts = run.counts()
     spent = spend_by_stage(run.usage(), prices)
     stages: dict[str, StageStatus] = {}
-    for stage in Pipeline(GenerateConfig()).stages.values():
+    config = GenerateConfig()
+    review = [s for s in ReviewWorkflow(config).stages.values() if s.item_kind in counts]
+    for stage in [*Pipeline(config).stages.values(), *review]:
         statuses = counts.get(stage.item_kind, {})
         used = spent.get(stage.name, StageSpend())
         stages[stage.name] = StageStatus(
@@ -207,7 +217,7 @@ def _status(run: Run, prices: PriceTable | None) -> RunStatus:
             tokens_out=used.tokens_out,
             cost=used.cost,
         )
-    ordered = {name: stages[name] for name in LABELS}
+    ordered = {name: stages[name] for name in [*LABELS, *stages] if name in stages}
     return RunStatus(
         run.where,
         ordered,
@@ -244,13 +254,3 @@ def _removed_rows(store: Store) -> dict[str, int]:
             path = " > ".join(node.data.get("path", [])) if node is not None else root
             removed[path or root] = rows
     return removed
-
-
-def _display(mode: ProgressMode, stats: RunStats) -> LiveProgress | LogProgress | NoProgress:
-    if mode == "auto":
-        mode = "live" if sys.stderr.isatty() else "log"
-    if mode == "live":
-        return LiveProgress(stats)
-    if mode == "log":
-        return LogProgress(stats)
-    return NoProgress()

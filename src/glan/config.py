@@ -55,6 +55,9 @@ class Stages(BaseModel):
     syllabus: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=4096)
     question: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=1024)
     answer: StageSettings = StageSettings(temperature=0.7, top_p=0.95, max_tokens=2048)
+    # Quality (glan judge): the judge scores at T=0; more answers are sampled as answers are.
+    judge: StageSettings = StageSettings(temperature=0.0, max_tokens=1024)
+    verify: StageSettings = StageSettings(temperature=0.7, top_p=0.95, max_tokens=2048)
 
 
 class RateLimit(BaseModel):
@@ -119,6 +122,12 @@ class GenerateConfig(BaseModel):
     batch_max_bytes: int = Field(default=200_000_000, ge=1024)  # per input file (OpenAI: 200 MB)
     batch_poll_interval: float = Field(default=30.0, gt=0)  # seconds between status checks
     batch_flush_after: float = Field(default=10.0, ge=0)  # send a partial batch after this idle
+    # quality (glan judge RUN, or glan generate --judge --verify N): see stages/judge.py, verify.py
+    judge: bool = False  # score every pair on GLAN's rubric
+    verify: int = Field(default=0, ge=0, le=32)  # more answers per question, to check agreement
+    judge_model: str | None = None  # None: the run's model
+    judge_base_url: str | None = None  # None: the teacher's endpoint
+    judge_api_key: str | None = Field(default=None, exclude=True, repr=False)
 
     @field_validator("language", "syllabus_language")
     @classmethod
@@ -129,7 +138,11 @@ class GenerateConfig(BaseModel):
     def stage(self, name: str) -> StageSettings:
         """The settings of stage ``name`` with its model filled in."""
         settings: StageSettings = getattr(self.stages, name)
-        default = (self.answer_model or self.model) if name == "answer" else self.model
+        default = {
+            "answer": self.answer_model or self.model,
+            "verify": self.answer_model or self.model,
+            "judge": self.judge_model or self.model,
+        }.get(name, self.model)
         return settings.model_copy(update={"model": settings.model or default})
 
     def limits(self) -> dict[str, tuple[float | None, float | None]]:

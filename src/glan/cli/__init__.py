@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from glan.cli import curate, generate, prompts, publish, status, taxonomy
+from glan.cli import curate, generate, judge, prompts, publish, status, taxonomy
 
 app = typer.Typer(
     help=(
@@ -27,6 +27,7 @@ app = typer.Typer(
 for group in (
     generate,
     status,
+    judge,
     curate,
     publish,
     taxonomy,

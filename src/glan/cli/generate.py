@@ -28,7 +28,7 @@ from glan.cli.common import (
     takes,
     user_errors,
 )
-from glan.cli.status import print_status
+from glan.cli.status import print_review, print_status
 from glan.config import ConfigError, GenerateConfig
 from glan.costs.prices import PriceTable
 
@@ -167,6 +167,25 @@ RUN_OPTIONS = [
         help=f"Retries of a request that failed in passing (429, 5xx, a timeout, a dropped connection), with exponential backoff and jitter; then the item is marked failed for the next run. {default_is(DEFAULTS.max_retries)}",
     ),
     option(
+        "judge",
+        bool,
+        "--judge",
+        default=False,
+        help="Then score every pair on GLAN's rubric with a judge model (see glan judge).",
+    ),
+    option(
+        "verify",
+        int | None,
+        help="Then ask N more answers per question and record how many agree with the pair's final answer (see glan judge). \\[default: 0, off]",
+    ),
+    option("judge_model", str | None, help="The judge's model. \\[default: --model]"),
+    option(
+        "judge_base_url",
+        str | None,
+        help="The judge's OpenAI-compatible endpoint. \\[default: the teacher's]",
+    ),
+    option("judge_api_key", str | None, help="The judge's API key. \\[default: the teacher's]"),
+    option(
         "prices",
         Path | None,
         help="Price table YAML, USD per million tokens: a copy of the bundled src/glan/data/prices.yaml with your models added (self-hosted ones at 0). \\[default: the bundled table]",
@@ -210,6 +229,8 @@ def generate(**options: Any) -> None:
         print_plan(api.plan(settings), brief=True, batched=settings.batch)
         result = api.generate(settings, out, progress=mode)
     print_status(result)
+    if result.review is not None:
+        print_review(result.review)
     if result.failed:
         err.print(
             f"[yellow]{result.failed} items failed; run the same command again to retry them."

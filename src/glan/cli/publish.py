@@ -85,6 +85,13 @@ EXPORT_OPTIONS = [
         default=False,
         help="Export every generated pair, even if glan curate has run.",
     ),
+    option(
+        "majority_answers",
+        bool,
+        "--majority-answers",
+        default=False,
+        help="Where most extra answers of glan judge --verify N reach another final answer, export the majority's answer instead (the row's majority_answer column says so).",
+    ),
 ]
 
 
@@ -123,6 +130,8 @@ def _print_export(result: ExportResult) -> None:
     splits = ", ".join(f"{name} {count:,}" for name, count in result.splits.items())
     out.print(f"exported {what}: {result.rows:,} pairs ({splits}) as {result.format} {result.to}")
     out.print(f"  to {result.out} ({len(result.files)} files)")
+    if result.majority_answers:
+        out.print(f"  {result.majority_answers:,} answers swapped for the majority's")
     if result.pushed_to:
         out.print(f"  and pushed to https://huggingface.co/datasets/{result.pushed_to}")
     if result.uncurated:

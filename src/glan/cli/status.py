@@ -10,6 +10,7 @@ from rich.table import Table
 
 from glan import api
 from glan.cli.common import command, user_errors
+from glan.quality import ReviewSummary
 
 
 def register(app: typer.Typer) -> None:
@@ -47,3 +48,23 @@ def print_status(result: api.RunStatus) -> None:
         )
         for path, count in sorted(result.removed.items()):
             print(f"  {path}: {count:,} rows")
+
+
+def print_review(result: ReviewSummary) -> None:
+    table = Table(title="review")
+    table.add_column("what")
+    table.add_column("pairs", justify="right")
+    score = f" (mean score {result.mean_score:.1f})" if result.mean_score is not None else ""
+    rows = [
+        ("in the run", result.rows),
+        (f"judged{score}", result.judged),
+        ("judged below 5", result.low),
+        ("verified", result.verified),
+        ("contradicted by most samples", result.contradicted),
+        ("no single final answer (not scored)", result.no_single_answer),
+        ("failed (run again to retry)", result.failed),
+    ]
+    for what, count in rows:
+        table.add_row(what, f"{count:,}")
+    Console().print(table)
+    print(f"{result.requests:,} review requests, ${result.cost:,.2f}")

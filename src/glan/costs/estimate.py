@@ -16,10 +16,12 @@ from glan.costs.prices import PriceTable
 from glan.items import Item
 from glan.llm.structured import json_schema_of
 from glan.llm.types import ChatRequest
+from glan.stages.base import assistant, user
 from glan.stages.pipeline import Pipeline
+from glan.stages.review import ReviewWorkflow
 from glan.taxonomy import Discipline
 
-WIDE_STAGES = ("question", "answer")  # the stages a batch API takes
+WIDE_STAGES = ("question", "answer", "judge", "verify")  # the stages a batch API takes
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Assumptions:
             "syllabus_json": 2200,
             "question": 150,
             "answer": 600,
+            "judge": 200,
+            "final_answer": 30,
         }
     )
 
@@ -68,9 +72,11 @@ def estimate(
     subjects = len(disciplines) * per_discipline
     questions = subjects * config.questions_per_syllabus
     items = {"subjects": queries, "syllabus": subjects, "question": questions, "answer": questions}
+    items.update(judge=questions, verify=questions)
 
     estimates = []
-    for stage, (prompt, turns, tokens_out) in _per_as_item(pipeline, disciplines, a).items():
+    per_item = _per_item(pipeline, disciplines, a) | _per_review(config, a)
+    for stage, (prompt, turns, tokens_out) in per_item.items():
         model = config.stage(stage).model or config.model
         total_in, total_out = items[stage] * prompt, items[stage] * tokens_out
         cost = prices.cost(model, total_in, total_out)
@@ -83,7 +89,7 @@ def estimate(
     return estimates
 
 
-def _per_as_item(
+def _per_item(
     pipeline: Pipeline, disciplines: list[Discipline], a: Assumptions
 ) -> dict[str, tuple[int, int, int]]:
     """(tokens in, calls, tokens out) of one item of each stage, priced from the request the
@@ -132,6 +138,35 @@ def _per_as_item(
             out["answer"],
         ),
     }
+
+
+def _per_review(config: GenerateConfig, a: Assumptions) -> dict[str, tuple[int, int, int]]:
+    """The review's calls per pair (glan judge, --judge, --verify N): the judge's one, and the
+    final-answer extraction of the pair's own answer plus, per extra answer, the answer and its
+    extraction."""
+    out = a.tokens_out
+    workflow = ReviewWorkflow(config)
+    question, answer = "x" * (4 * out["question"]), "x" * (4 * out["answer"])
+    row = {"id": "row", "messages": [user(question), assistant(answer)], "meta": {}}
+    review: dict[str, tuple[int, int, int]] = {}
+    if config.judge:
+        item = next(workflow.plant([row])).as_item()
+        review["judge"] = (_tokens(workflow.judge.request(item, item)), 1, out["judge"])
+    if config.verify:
+        holder = Item("v", "verification", None, "review", 0, {"messages": row["messages"]})
+        own = Item("s0", "verify_sample", "v", "review", 0, {"index": 0})
+        extraction = _tokens(workflow.verify.request(own, holder))
+        ask = _tokens(
+            workflow.verify.request(Item("s1", "verify_sample", "v", "r", 1, {"index": 1}), holder)
+        )
+        n = config.verify
+        tokens_in = extraction + n * (ask + extraction)
+        review["verify"] = (
+            tokens_in,
+            1 + 2 * n,
+            out["final_answer"] + n * (out["answer"] + out["final_answer"]),
+        )
+    return review
 
 
 def _two_turns(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Literal, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -82,13 +82,11 @@ class RunStats:
         """Totals as they will be: items of a stage appear only as their parents finish, so a
         stage is at least as big as what its known parents will give it."""
         s = self.stages
-        questions = max(s["question"].total, s["syllabus"].total * self.questions_per_syllabus)
-        return {
-            "subjects": s["subjects"].total,
-            "syllabus": s["syllabus"].total,
-            "question": questions,
-            "answer": max(s["answer"].total, questions),
-        }
+        totals = {name: stats.total for name, stats in s.items()}
+        if {"syllabus", "question", "answer"} <= s.keys():
+            questions = max(s["question"].total, s["syllabus"].total * self.questions_per_syllabus)
+            totals.update(question=questions, answer=max(s["answer"].total, questions))
+        return totals
 
     @property
     def requests(self) -> int:
@@ -129,7 +127,8 @@ class LiveProgress:
         self.tasks: dict[str, TaskID] = {}
 
     def start(self) -> None:
-        for name, label in LABELS.items():
+        for name in self.stats.stages:
+            label = LABELS.get(name, name)
             self.tasks[name] = self.progress.add_task(label, total=None, failed="", tokens="")
         self.progress.start()
 
@@ -172,7 +171,7 @@ class LogProgress:
         totals = self.stats.projected_totals()
         for name, stats in self.stats.stages.items():
             failed = f" ({stats.failed} failed)" if stats.failed else ""
-            parts.append(f"{LABELS[name]} {stats.done}/{totals[name]}{failed}")
+            parts.append(f"{LABELS.get(name, name)} {stats.done}/{totals[name]}{failed}")
         tokens_in, tokens_out = self.stats.tokens
         elapsed = time.monotonic() - self.stats.started
         print(
@@ -202,3 +201,17 @@ def _short(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+ProgressMode = Literal["auto", "live", "log", "none"]
+
+
+def display_for(mode: ProgressMode, stats: RunStats) -> LiveProgress | LogProgress | NoProgress:
+    """The progress display a run asked for; "auto": live on a terminal, log lines elsewhere."""
+    if mode == "auto":
+        mode = "live" if sys.stderr.isatty() else "log"
+    if mode == "live":
+        return LiveProgress(stats)
+    if mode == "log":
+        return LogProgress(stats)
+    return NoProgress()

@@ -35,6 +35,7 @@ from glan.run.curation import CurationLog, CurationRun
 from glan.run.lock import run_lock
 from glan.run.parts import StateDir
 from glan.run.store import DB_NAME
+from glan.stages.review import Review, reviews
 
 # Every reason a pair can be removed for, in the order they are tried.
 REASONS = (
@@ -44,6 +45,8 @@ REASONS = (
     "refusal",
     "answer_leak",
     "wrong_language",
+    "low_score",
+    "contradicted",
     "exact_duplicate",
     "near_duplicate",
 )
@@ -78,13 +81,22 @@ class CurateConfig(BaseModel):
     leak_overlap: float = Field(default=0.5, gt=0, le=1)
     language: str | None = None  # None: each row's meta.language (else English); "any": no check
     language_confidence: float = Field(default=0.9, ge=0, le=1)
+    # the review (glan judge): pairs not judged or not verified are kept
+    min_score: float | None = Field(default=None, ge=1, le=10)  # the judge's overall score
+    min_agreement: float | None = Field(default=None, ge=0, le=1)  # share of samples agreeing
 
 
 class Curator:
     """Judges pairs one at a time; remembers the kept ones for dedup."""
 
-    def __init__(self, config: CurateConfig, text_of: Callable[[int], str]) -> None:
+    def __init__(
+        self,
+        config: CurateConfig,
+        text_of: Callable[[int], str],
+        reviews: dict[str, Review] | None = None,
+    ) -> None:
         self.config = config
+        self.reviews = reviews or {}
         self.benchmarks: BenchmarkIndex | None = None
         if config.benchmarks:  # first: a bad benchmark file fails before the slower set-up
             self.benchmarks = load_benchmarks(
@@ -116,6 +128,25 @@ class Curator:
             found = check.check(question, answer, meta)
             if found is not None:
                 return check.reason, found
+        return self._reviewed(row["id"])
+
+    def _reviewed(self, row_id: str) -> tuple[str, dict[str, Any]] | None:
+        """Why the review says the pair should go: a low score, or contradicted answers."""
+        review = self.reviews.get(row_id)
+        if review is None:
+            return None
+        floor, agreed = self.config.min_score, self.config.min_agreement
+        if floor is not None and review.score is not None and review.score < floor:
+            return "low_score", {"score": review.score, "reason": review.reason}
+        share = review.agreement.share if review.agreement is not None else None
+        if agreed is not None and share is not None and share < agreed:
+            assert review.agreement is not None
+            found = review.agreement
+            return "contradicted", {
+                "agree": found.agree,
+                "of": found.of,
+                "majority": found.majority,
+            }
         return None
 
     def dedup(self, seq: int, question: str) -> tuple[str, dict[str, Any]] | None:
@@ -189,7 +220,7 @@ def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None
     run = open_run(run_dir, write=True)
     try:
         # Benchmarks and filters are loaded before anything is written: a bad file fails first.
-        curator = Curator(config, lambda seq: normalise(run.question(seq)))
+        curator = Curator(config, lambda seq: normalise(run.question(seq)), _reviews(run, config))
         log = CurationLog(run.store)
         through = run.last_seq()
         run_id = log.start(config.model_dump(mode="json"), through)
@@ -261,6 +292,20 @@ def _pair(row: dict[str, Any]) -> tuple[str, str]:
         elif message.get("role") == "assistant" and not answer:
             answer = content
     return question, answer
+
+
+def _reviews(run: Run, config: CurateConfig) -> dict[str, Review]:
+    """The review of every reviewed pair, when a threshold needs it."""
+    if config.min_score is None and config.min_agreement is None:
+        return {}
+    found = reviews(run.store)
+    if config.min_score is not None and not any(r.score is not None for r in found.values()):
+        raise CurationError("--min-score needs judged pairs: run glan judge on the run first")
+    if config.min_agreement is not None and not any(r.agreement for r in found.values()):
+        raise CurationError(
+            "--min-agreement needs verified pairs: run glan judge --verify N on the run first"
+        )
+    return found
 
 
 def _with_ids(run: Run, matched: dict[str, Any]) -> dict[str, Any]:

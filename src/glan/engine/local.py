@@ -61,9 +61,11 @@ class LocalEngine:
         display: Display,
         batch_clients: Mapping[str, Client] | None = None,
         kinds: tuple[str, ...] | None = None,
+        stage_clients: Mapping[str, Client] | None = None,
     ) -> None:
         """``kinds``: the stages this engine runs (default: all; the Ray engine runs the narrow
-        ones here); children of other kinds are left to whoever runs those."""
+        ones here); children of other kinds are left to whoever runs those.
+        ``stage_clients``: stages that ask an endpoint of their own (a judge), by stage name."""
         self.pipeline = workflow
         self.limits = limits
         # Deepest first: finishing answers before starting new syllabi keeps the queue short and
@@ -72,6 +74,7 @@ class LocalEngine:
         self.store = store
         self.client = client
         self.batch_clients = dict(batch_clients or {})  # stage name -> its batch API client
+        self.stage_clients = dict(stage_clients or {})
         self.output = output
         self.stats = stats
         self.display = display
@@ -96,15 +99,16 @@ class LocalEngine:
 
     # -- setup --------------------------------------------------------------------------------
 
-    def prepare(self, roots: list[NewItem]) -> None:
-        """Plant the roots, re-queue failed items, re-grow finished nodes if the shape changed."""
-        self.store.set_roots({node.root for node in roots})
+    def prepare(self, roots: list[NewItem], *, active: set[str] | None = None) -> None:
+        """Plant the roots, re-queue failed items, re-grow finished nodes if the shape changed.
+        ``active``: the roots to work on, when the items were planted already."""
+        self.store.set_roots(active if active is not None else {node.root for node in roots})
         self.store.retry_failed()
         self.store.add_nodes(roots)
         signature = self.pipeline.expansion_signature()
-        if self.store.get_meta("expansion") != signature:
+        if self.store.get_meta(self.pipeline.signature_key) != signature:
             self._reexpand()
-            self.store.set_meta("expansion", signature)
+            self.store.set_meta(self.pipeline.signature_key, signature)
         self.store.commit()
         self._fresh_after = self.store.last_rowid()
         for kind, statuses in self.store.counts(active_only=True).items():
@@ -219,7 +223,7 @@ class LocalEngine:
         ORIGIN.set((stage.name, node.id))  # for the batch API's records
         teacher = StoredTeacher(
             self.store,
-            self.batch_clients.get(stage.name, self.client),
+            self.batch_clients.get(stage.name) or self.stage_clients.get(stage.name, self.client),
             self.stats,
             node,
             stage.name,

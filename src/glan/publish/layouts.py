@@ -9,6 +9,7 @@ from typing import Any
 
 from glan.curation.errors import require
 from glan.items import META_KEYS
+from glan.stages.review import Review
 
 FORMATS = ("messages", "sharegpt", "alpaca")
 LINEAGE = META_KEYS  # every meta key becomes a column
@@ -76,7 +77,35 @@ LAYOUTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def arrow_schema(layout: str) -> Any:
+# Beside the lineage when the run was reviewed (glan judge): the judge's overall score and reason,
+# the share of extra answers agreeing with the pair's final answer, and whether the answer is
+# the majority's (export --majority-answers).
+REVIEW_COLUMNS = ("judge_score", "judge_reason", "agreement", "majority_answer")
+
+
+def review_columns(review: Review | None) -> dict[str, Any]:
+    agreement = review.agreement if review is not None else None
+    return {
+        "judge_score": review.score if review is not None else None,
+        "judge_reason": (review.reason or "") if review is not None else "",
+        "agreement": agreement.share if agreement is not None else None,
+        "majority_answer": False,
+    }
+
+
+def with_majority_answer(row: dict[str, Any], review: Review | None) -> dict[str, Any] | None:
+    """The row with its first answer replaced by the majority's, when a majority of the extra
+    answers contradicts it; None otherwise."""
+    agreement = review.agreement if review is not None else None
+    if agreement is None or not agreement.contradicted or not agreement.majority_answer:
+        return None
+    messages = [dict(m) for m in row["messages"]]
+    first = next(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+    messages[first]["content"] = agreement.majority_answer
+    return {**row, "messages": messages}
+
+
+def arrow_schema(layout: str, *, reviewed: bool = False) -> Any:
     """The Parquet/Arrow schema of a layout; explicit, so every shard has the same one (a shard
     whose ``language`` happens to be all null would otherwise get a column of type null)."""
     pa = require("pyarrow", "curate")
@@ -97,4 +126,7 @@ def arrow_schema(layout: str) -> Any:
     types = {"sessions": pa.list_(text), "key_concepts": pa.list_(text), "seed": pa.int64()}
     types["truncated"] = pa.bool_()
     columns = [pa.field(name, types.get(name, text)) for name in LINEAGE]
+    if reviewed:
+        types.update(judge_score=pa.int64(), agreement=pa.float64(), majority_answer=pa.bool_())
+        columns += [pa.field(name, types.get(name, text)) for name in REVIEW_COLUMNS]
     return pa.schema([pa.field("id", text), *turns, *columns])

@@ -37,6 +37,8 @@ _REASON_TEXT = {
     "wrong_language": "not in the expected language",
     "exact_duplicate": "same normalised question as a kept pair",
     "near_duplicate": "near-duplicate question (MinHash LSH, Jaccard checked)",
+    "low_score": "the judge scored it below --min-score",
+    "contradicted": "most extra answers reach another final answer",
 }
 
 
@@ -118,6 +120,7 @@ def render(data: ReportData, figures: Figures) -> str:
         ),
         figure_tokens=_markup(figures.tokens(data.usage)) if data.usage else None,
         matched=_matched_text,
+        review=sorted(data.review.values(), key=lambda r: (r.mean_score or 11, r.name)),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Any
 from glan.costs.prices import spend_by_stage
 from glan.run import Run, open_run
 from glan.run.curation import CuratedRows, CurationLog, CurationRun
+from glan.stages.review import reviews
 
 STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer")
 _EXAMPLES = 5  # removals shown per reason
@@ -37,6 +39,27 @@ class DisciplineTally:
 
 
 @dataclass
+class ReviewTally:
+    """What glan judge found in one discipline (or in all)."""
+
+    field: str
+    name: str
+    scores: list[int] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)  # of samples agreeing, where scored
+    low: int = 0  # judged below 5
+    contradicted: int = 0
+    open_ended: int = 0  # no single final answer
+
+    @property
+    def mean_score(self) -> float | None:
+        return sum(self.scores) / len(self.scores) if self.scores else None
+
+    @property
+    def mean_share(self) -> float | None:
+        return sum(self.shares) / len(self.shares) if self.shares else None
+
+
+@dataclass
 class ReportData:
     run_dir: Path
     curation: CurationRun | None
@@ -48,6 +71,8 @@ class ReportData:
     cost: dict[str, float] | None
     examples: dict[str, list[dict[str, Any]]]
     benchmark_hits: dict[str, int]
+    review: dict[str, ReviewTally] = field(default_factory=dict)  # by discipline, every pair
+    lowest: list[dict[str, Any]] = field(default_factory=list)  # the lowest-scored pairs
 
     @property
     def pairs(self) -> int:
@@ -99,6 +124,7 @@ def gather(run_dir: str | Path) -> ReportData:
             cost={stage: s.cost for stage, s in spent.items()},
             examples=examples,
             benchmark_hits=hits,
+            **_review(run.store),
         )
     finally:
         run.close()
@@ -159,3 +185,38 @@ def _removals(
 def _excerpt(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _EXCERPT else text[: _EXCERPT - 1] + "\u2026"
+
+
+def _review(store: Any) -> dict[str, Any]:
+    """The review of every generated pair (curated or not: the weak ones are the point), per
+    discipline, and the lowest-scored pairs with the judge's reasons."""
+    found = reviews(store)
+    tallies: dict[str, ReviewTally] = {}
+    for review in found.values():
+        name = review.discipline or "(none)"
+        tally = tallies.setdefault(name, ReviewTally(review.field or "(none)", name))
+        if review.score is not None:
+            tally.scores.append(review.score)
+            tally.low += review.score < 5
+        agreement = review.agreement
+        if agreement is not None:
+            tally.contradicted += agreement.contradicted
+            tally.open_ended += not agreement.single
+            if agreement.share is not None:
+                tally.shares.append(agreement.share)
+    scored = [(r.score, row_id) for row_id, r in found.items() if r.score is not None]
+    lowest = {row_id for _, row_id in heapq.nsmallest(_EXAMPLES, scored)}
+    examples = [
+        {
+            "id": item.data["row_id"],
+            "discipline": item.data.get("discipline"),
+            "score": item.result["overall"],
+            "reason": item.result["reason"],
+            "question": _excerpt(item.data["messages"][0]["content"]),
+        }
+        for item in store.nodes("judgement", "done")
+        if item.data["row_id"] in lowest
+        and found[item.data["row_id"]].score == item.result["overall"]
+    ]
+    examples.sort(key=lambda e: e["score"])
+    return {"review": tallies, "lowest": examples[:_EXAMPLES]}

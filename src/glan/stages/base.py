@@ -52,6 +52,7 @@ class Workflow(Protocol):
     # (sibling kind, parent kind): when every sibling of a parent is done, ``merge`` makes the
     # parent's next children from all of them (GLAN: subjects from every subject query)
     gathered: tuple[str, str] | None
+    signature_key: str  # the store's meta key that keeps the last ``expansion_signature``
 
     def children(self, node: Item) -> list[NewItem]: ...
 

@@ -23,6 +23,7 @@ class Pipeline:
     upstream = ("subject", "subject_query")
     regrow = ("discipline", "subject")
     gathered = ("subject_query", "discipline")
+    signature_key = "expansion"
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config

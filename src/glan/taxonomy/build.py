@@ -351,6 +351,7 @@ class _Level:
     upstream: tuple[str, ...] = ()
     regrow: tuple[str, ...] = ()
     gathered = None
+    signature_key = "expansion:taxonomy"
 
     def __init__(self, stage: DraftStage) -> None:
         self.stages: dict[str, Any] = {stage.item_kind: stage}

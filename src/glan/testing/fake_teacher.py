@@ -563,6 +563,7 @@ class FakeTeacher:
         self._bodies: list[dict[str, Any]] = []
         self._arrivals: list[float] = []  # time.monotonic() of each recorded request
         self._scripts: list[_Script] = []
+        self._replies: list[tuple[str, Any]] = []
         self._rates: _Rates | None = None
         self._always: dict[str, Fault] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -674,6 +675,32 @@ class FakeTeacher:
         with self._lock:
             self._always[match] = checked
 
+    def reply_with(self, match: str, reply: Any) -> None:
+        """Requests containing ``match`` get ``reply``: a JSON document answers those that ask
+        for JSON (a schema in ``response_format`` or in the prompt), a text answers the others.
+        Rules are tried in the order they were given (put the narrow ones first); faults still
+        come first. For tests that need a teacher to be wrong on purpose."""
+        with self._lock:
+            self._replies.append((match, reply))
+
+    def _reply_for(self, text: str, body: dict[str, Any]) -> _Reply | None:
+        kind = _dict(body.get("response_format")).get("type")
+        wants_json = (
+            kind not in (None, "text") or _schema_in_prompt(body.get("messages")) is not None
+        )
+        with self._lock:
+            reply = next(
+                (
+                    r
+                    for match, r in self._replies
+                    if match in text and isinstance(r, str) != wants_json
+                ),
+                None,
+            )
+        if reply is None:
+            return None
+        return _Reply(reply) if isinstance(reply, str) else _structured(reply)
+
     def _draw_fault(self, text: str) -> Fault | None:
         with self._lock:
             for match, fault in self._always.items():
@@ -718,6 +745,7 @@ class FakeTeacher:
         rules; settings stay."""
         with self._lock:
             self._bodies.clear()
+            self._replies.clear()
             self._arrivals.clear()
             self._scripts.clear()
             self._rates = None
@@ -795,7 +823,9 @@ class FakeTeacher:
                 param="response_format",
             )
         digest = _digest(settings.seed, canonical)
-        reply = _compose(body, digest, enforce_schema=settings.mode == "honour")
+        reply = self._reply_for(canonical.decode(), body) or _compose(
+            body, digest, enforce_schema=settings.mode == "honour"
+        )
         if fault == "malformed":
             reply = reply.malformed()
         elif fault == "truncated":
