@@ -108,7 +108,12 @@ async def review(
                 None,
                 stats,
                 display_for(progress, stats),
-                batch_clients=dict.fromkeys(stats.stages, batch) if batch else None,
+                # a judge at its own endpoint stays online: the batch API is the teacher's
+                batch_clients={
+                    name: batch for name in stats.stages if not (judge_client and name == "judge")
+                }
+                if batch
+                else None,
                 stage_clients={"judge": judge_client} if judge_client else None,
             )
             engine.prepare([], active={ROOT})
