@@ -198,3 +198,19 @@ def _done(run: Path, kind: str) -> int:
         return store.counts().get(kind, {}).get("done", 0)
     finally:
         store.close()
+
+
+def test_coverage_counts_the_questions_on_each_session_and_concept(tmp_path, make_config, cli):
+    out = tmp_path / "cover"
+    api.generate(make_config(question_sampling="cover"), out, progress="none")
+    subjects = api.coverage(out)
+    assert len(subjects) == 4 and sum(s.questions for s in subjects) == 12
+    rows = read_rows(out)
+    assert sum(sum(s.sessions.values()) for s in subjects) == sum(
+        len(r["meta"]["sessions"]) for r in rows
+    )
+    for s in subjects:  # cover: no session twice before every session once
+        assert max(s.sessions.values()) <= 1 or s.sessions_used == len(s.sessions)
+    result = cli("status", str(out), "--coverage")
+    assert result.returncode == 0, result.stderr
+    assert "coverage: questions per class session and key concept" in result.stdout

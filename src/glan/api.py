@@ -20,6 +20,8 @@ from glan.engine.local import Limits, LocalEngine
 from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
 from glan.prompts import prompts_for
+from glan.publish.coverage import SubjectCoverage
+from glan.publish.coverage import coverage as subject_coverage
 from glan.quality import ReviewSummary, review
 from glan.run import Run, is_run, open_run
 from glan.run.batches import SqliteBatchRecords
@@ -226,6 +228,17 @@ def _status(run: Run, prices: PriceTable | None) -> RunStatus:
         removed=_removed_rows(run.store),
         dataset=run.dataset,
     )
+
+
+def coverage(run_dir: str | Path) -> list[SubjectCoverage]:
+    """Per subject: the questions that drew on each class session and key concept."""
+    if not is_run(run_dir):
+        raise ConfigError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
+    run = open_run(run_dir)
+    try:
+        return subject_coverage(run)
+    finally:
+        run.close()
 
 
 TAXONOMY_META = "taxonomy_disciplines"  # ids of the disciplines of the last run's taxonomy

@@ -101,6 +101,8 @@ class GenerateConfig(BaseModel):
     max_subjects_per_discipline: int | None = Field(default=None, ge=1)
     questions_per_syllabus: int = Field(default=10, ge=0)
     challenging_ratio: float = Field(default=0.5, ge=0, le=1)
+    # uniform: the paper's sampling; cover: every session and key concept before any repeats
+    question_sampling: Literal["uniform", "cover"] = "uniform"
     single_turn: bool = False
     seed: int = 0
     stages: Stages = Stages()

@@ -98,6 +98,11 @@ RUN_OPTIONS = [
         float | None,
         help=f"Share of 'challenging' questions (two sessions) vs 'basic' (one). {default_is(DEFAULTS.challenging_ratio)}",
     ),
+    option(
+        "question_sampling",
+        str | None,
+        help=f"uniform: each question draws its sessions and key concepts at random (the paper); cover: the ones used least so far, so a syllabus's sessions and concepts are all used before any repeats. {default_is(DEFAULTS.question_sampling)}",
+    ),
     option("language", str | None, help="Language of questions and answers, e.g. Korean or ko."),
     option(
         "syllabus_language",

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from glan import api
 from glan.cli.common import command, user_errors
+from glan.publish.coverage import SubjectCoverage
 from glan.quality import ReviewSummary
 
 
@@ -19,11 +20,50 @@ def register(app: typer.Typer) -> None:
 
 def status(
     run: Annotated[str, typer.Argument(help="A run directory (a Ray run's may be a URI).")],
+    coverage: Annotated[
+        bool,
+        typer.Option(
+            "--coverage",
+            help="Also, per subject, how many questions drew on each class session and key concept.",
+        ),
+    ] = False,
 ) -> None:
     """Per-stage counts (done, pending, failed), requests sent and tokens of a run."""
     with user_errors():
         result = api.status(run)
+        subjects = api.coverage(run) if coverage else None
     print_status(result)
+    if subjects is not None:
+        print_coverage(subjects)
+
+
+def print_coverage(subjects: list[SubjectCoverage]) -> None:
+    table = Table(title="coverage: questions per class session and key concept")
+    for column in (
+        "discipline",
+        "subject",
+        "questions",
+        "sessions used",
+        "concepts used",
+        "unused sessions",
+    ):
+        table.add_column(
+            column,
+            justify="right"
+            if column in ("questions", "sessions used", "concepts used")
+            else "left",
+        )
+    for s in subjects:
+        unused = [title for title, n in s.sessions.items() if not n]
+        table.add_row(
+            s.discipline,
+            f"{s.subject} ({s.level})",
+            f"{s.questions:,}",
+            f"{s.sessions_used}/{len(s.sessions)}",
+            f"{s.concepts_used}/{len(s.concepts)}",
+            "; ".join(unused[:3]) + (f" (+{len(unused) - 3})" if len(unused) > 3 else ""),
+        )
+    Console().print(table)
 
 
 def print_status(result: api.RunStatus) -> None:

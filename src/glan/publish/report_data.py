@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from glan.costs.prices import spend_by_stage
+from glan.publish.coverage import SubjectCoverage, coverage
 from glan.run import Run, open_run
 from glan.run.curation import CuratedRows, CurationLog, CurationRun
 from glan.stages.review import reviews
@@ -73,6 +74,7 @@ class ReportData:
     benchmark_hits: dict[str, int]
     review: dict[str, ReviewTally] = field(default_factory=dict)  # by discipline, every pair
     lowest: list[dict[str, Any]] = field(default_factory=list)  # the lowest-scored pairs
+    subjects: list[SubjectCoverage] = field(default_factory=list)  # sessions, concepts used
 
     @property
     def pairs(self) -> int:
@@ -125,6 +127,7 @@ def gather(run_dir: str | Path) -> ReportData:
             examples=examples,
             benchmark_hits=hits,
             **_review(run.store),
+            subjects=coverage(run),
         )
     finally:
         run.close()

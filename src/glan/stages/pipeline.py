@@ -79,4 +79,5 @@ class Pipeline:
             c.questions_per_syllabus,
             c.challenging_ratio,
             c.seed,
+            *(("cover",) if c.question_sampling == "cover" else ()),
         )
