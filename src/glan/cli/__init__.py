@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from glan.cli import curate, generate, judge, prompts, publish, status, taxonomy
+from glan.cli import curate, evaluate, generate, judge, prompts, publish, status, taxonomy
 
 app = typer.Typer(
     help=(
@@ -30,6 +30,7 @@ for group in (
     judge,
     curate,
     publish,
+    evaluate,
     taxonomy,
     prompts,
 ):  # in the order --help lists them

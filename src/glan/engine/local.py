@@ -96,6 +96,8 @@ class LocalEngine:
         )
         self._batch_limit = 2 * limits.batch_max_requests
         self._in_flight: Counter[str] = Counter()  # running tasks by kind
+        gathered = workflow.gathered[0] if workflow.gathered else ()
+        self._gathered = {gathered} if isinstance(gathered, str) else set(gathered)
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -242,8 +244,7 @@ class LocalEngine:
         if children:
             self._remember_parent(done)  # its children are about to ask for it
         self._add(children)
-        gathered = self.pipeline.gathered
-        if gathered is not None and stage.item_kind == gathered[0] and node.parent_id is not None:
+        if stage.item_kind in self._gathered and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
         if stage.output and self.output is not None:
             output = self.output
@@ -253,8 +254,7 @@ class LocalEngine:
         stats.done += 1
 
     def _merge_if_complete(self, parent_id: str) -> None:
-        assert self.pipeline.gathered is not None
-        siblings = self.store.children(parent_id, kind=self.pipeline.gathered[0])
+        siblings = [s for s in self.store.children(parent_id) if s.kind in self._gathered]
         if siblings and all(s.status == "done" for s in siblings):
             parent = self.store.get(parent_id)
             assert parent is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from glan.costs.prices import spend_by_stage
+from glan.loop.eval import EvalResult, every_result
 from glan.publish.coverage import SubjectCoverage, coverage
 from glan.run import Run, open_run
 from glan.run.curation import CuratedRows, CurationLog, CurationRun
@@ -75,6 +76,7 @@ class ReportData:
     review: dict[str, ReviewTally] = field(default_factory=dict)  # by discipline, every pair
     lowest: list[dict[str, Any]] = field(default_factory=list)  # the lowest-scored pairs
     subjects: list[SubjectCoverage] = field(default_factory=list)  # sessions, concepts used
+    evals: list[EvalResult] = field(default_factory=list)  # GLAN-Test comparisons (glan eval)
 
     @property
     def pairs(self) -> int:
@@ -128,6 +130,7 @@ def gather(run_dir: str | Path) -> ReportData:
             benchmark_hits=hits,
             **_review(run.store),
             subjects=coverage(run),
+            evals=every_result(run),
         )
     finally:
         run.close()

@@ -225,6 +225,14 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def meta_like(self, prefix: str) -> dict[str, Any]:
+        """Every meta value whose key starts with ``prefix``, by key."""
+        rows = self.db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        )
+        return {key: json.loads(value) for key, value in rows}
+
     def set_meta(self, key: str, value: Any) -> None:
         self._write(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))

@@ -49,9 +49,10 @@ class Workflow(Protocol):
     stages: dict[str, Stage]  # shallowest first
     upstream: tuple[str, ...]  # kinds that keep a share of the slots: they feed the wide ones
     regrow: tuple[str, ...]  # kinds whose children change with ``expansion_signature``
-    # (sibling kind, parent kind): when every sibling of a parent is done, ``merge`` makes the
-    # parent's next children from all of them (GLAN: subjects from every subject query)
-    gathered: tuple[str, str] | None
+    # (sibling kind or kinds, parent kind): when every sibling of a parent is done, ``merge``
+    # makes the parent's next children from all of them (GLAN: subjects from every subject
+    # query; GLAN-Test: the judgements from both candidates' answers)
+    gathered: tuple[str | tuple[str, ...], str] | None
     signature_key: str  # the store's meta key that keeps the last ``expansion_signature``
 
     def children(self, node: Item) -> list[NewItem]: ...
