@@ -2,6 +2,11 @@
 
 Two texts that differ only in case, width (full-width vs ASCII), punctuation or spacing normalise to
 the same string, so "What is 2+2?" and "what is 2 + 2" are exact duplicates.
+
+A normalised word is a run of letters and digits (``\\w`` less ``_``) of the case-folded NFKC
+text: what is left between spaces once every other character has become a space. One ``findall``
+gives them, about twice as fast as substituting and splitting; NFKC is skipped for ASCII and for
+text already in NFKC (most text), which gives the same string.
 """
 
 from __future__ import annotations
@@ -9,22 +14,28 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Anything that is neither a letter, a digit nor whitespace (\w covers Hangul, kana and CJK too).
-_PUNCTUATION = re.compile(r"[^\w\s]|_")
-_SPACE = re.compile(r"\s+")
-
-
-def normalise(text: str) -> str:
-    """Case-folded NFKC text with punctuation turned into spaces and whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return _SPACE.sub(" ", _PUNCTUATION.sub(" ", text)).strip()
+_WORD = re.compile(r"[^\W_]+")
 
 
 def words(text: str) -> list[str]:
     """The normalised words of a text."""
-    return normalise(text).split()
+    if not text.isascii() and not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    return _WORD.findall(text.casefold())
+
+
+def normalise(text: str) -> str:
+    """Case-folded NFKC text with punctuation turned into spaces and whitespace collapsed."""
+    return " ".join(words(text))
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
     """Every run of ``n`` consecutive tokens (none when there are fewer than ``n``)."""
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def ngram_set(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    """The distinct runs of ``n`` consecutive tokens (``set(ngrams(tokens, n))``, faster)."""
+    if n < 1 or len(tokens) < n:
+        return set()
+    return set(zip(*(tokens[i:] for i in range(n)), strict=False))
