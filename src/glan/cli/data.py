@@ -188,6 +188,13 @@ def curate_command(
             " another language."
         ),
     ] = 0.9,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes that screen pairs (filters and decontamination). \\[default: every core]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """glan curate (CURATE_HELP says what it does)."""
     with _user_errors():
@@ -209,6 +216,7 @@ def curate_command(
             leak_overlap=leak_overlap,
             language=language,
             language_confidence=language_confidence,
+            workers=workers,
         )
         _require_run(run)
         with _progress(run) as progress:
