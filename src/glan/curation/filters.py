@@ -166,6 +166,7 @@ _ANSWER_MARKERS = re.compile(
     re.IGNORECASE,
 )
 _LEAK_NGRAM = 8
+_LEAK_PIECE_CHARS = 800  # of a long answer read at a time, until a leak is ruled out
 
 
 class AnswerLeak(_Check):
@@ -182,10 +183,41 @@ class AnswerLeak(_Check):
     def __init__(self, overlap: float) -> None:
         self.overlap = overlap
 
+    def _ruled_out(self, pair: Pair) -> bool:
+        """Whether the answer's opening alone has so many distinct runs that the question cannot
+        hold ``overlap`` of them; the answer's words are read a piece at a time until it does.
+
+        The answer has at least as many distinct runs as distinct words starting one, so the
+        share is at most len(question runs) / that (float division is monotone: the bound holds
+        for the share as computed too). Pieces end before a space, and no word, normalisation
+        or case folding reaches across a space, so the pieces' words are the answer's words.
+        """
+        answer = pair.answer
+        found: list[str] = []
+        question_grams: set[tuple[str, ...]] | None = None
+        start = 0
+        while start < len(answer):
+            end = len(answer)
+            if end - start > 2 * _LEAK_PIECE_CHARS:
+                cut = answer.rfind(" ", start + 1, start + _LEAK_PIECE_CHARS)
+                end = cut if cut > start else end
+            found += words(answer[start:end])
+            start = end
+            if start < len(answer) and len(found) >= _LEAK_NGRAM:
+                if question_grams is None:
+                    question_grams = ngram_set(pair.question_words, _LEAK_NGRAM)
+                starts = len(set(found[: len(found) - _LEAK_NGRAM + 1]))
+                if len(question_grams) / starts < self.overlap:
+                    return True
+        pair.__dict__["answer_words"] = found  # the whole answer's words, read: keep them
+        return False
+
     def judge(self, pair: Pair) -> Found | None:
         marker = _ANSWER_MARKERS.search(pair.question)
         if marker:
             return {"marker": marker.group(0).strip()}
+        if self._ruled_out(pair):
+            return None
         answer_words = pair.answer_words
         if not answer_words:
             return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from glan.curation.errors import require
@@ -64,12 +65,21 @@ class Detected:
 
 
 class LanguageDetector:
+    """py3langid, its model loaded when first needed: unpacking it takes a second of CPU, which a
+    worker whose texts all pass the fast check never spends."""
+
     def __init__(self) -> None:
         require("py3langid", "curate")
+
+    @cached_property
+    def _identifier(self) -> Any:
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-        self._identifier: Any = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-        self.languages: frozenset[str] = frozenset(self._identifier.labels)
+        return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+    @cached_property
+    def languages(self) -> frozenset[str]:
+        return frozenset(self._identifier.labels)
 
     def detect(self, text: str) -> Detected:
         language, confidence = self._identifier.classify(text[:_SAMPLE_CHARS])
