@@ -4,7 +4,8 @@ py3langid (a maintained fork of langid.py: naive Bayes over byte n-grams, 140 la
 ships inside the wheel) is the judge: only its verdict removes a pair. It is pure Python and takes
 0.4-0.7 ms per 1 kB answer, most of a curation's time. So a fast native detector goes first when it
 is installed: eldc (C, Apache-2.0, its model in the wheel, about 8 us per 1 kB) knows 60 languages;
-when it names the language that was expected, the text passes without asking py3langid. Anything
+when it names the language that was expected, and calls that reliable, the text passes without
+asking py3langid. Anything
 else (another language, ``und``, a language eldc does not know, eldc not installed) goes to
 py3langid exactly as before. The gate can only keep a text py3langid would have removed if eldc
 says "expected" while py3langid is sure of another language; on glan-like text in ten languages
@@ -88,7 +89,9 @@ class LanguageDetector:
 
 class FastPass:
     """eldc, when installed: ``names(text, language)`` is True when it says ``text`` is in
-    ``language``. Never removes anything; False sends the text to py3langid."""
+    ``language`` and calls that reliable. Never removes anything; False sends the text to
+    py3langid. (Without "reliable", English with an accent on every "e" passed here while
+    py3langid was sure it is French.)"""
 
     def __init__(self) -> None:
         self._detect: Any = None
@@ -98,11 +101,12 @@ class FastPass:
         except ImportError:  # optional: e.g. no wheel for this platform
             return
         eldc.init()
-        self._detect = eldc.detect
+        self._detect = eldc.detect_details
         self.languages = frozenset(eldc.LANGUAGES)
 
     def knows(self, language: str) -> bool:
         return language in self.languages
 
     def names(self, text: str, language: str) -> bool:
-        return bool(self._detect(text[:_SAMPLE_CHARS]) == language)
+        found = self._detect(text[:_SAMPLE_CHARS])
+        return bool(found.language == language and found.reliable)
