@@ -272,3 +272,26 @@ def test_nfkc_and_case_folding_do_not_reach_across_a_space():
                 + unicodedata.normalize("NFKC", " " + after).casefold()
             )
             assert whole == parts, repr(text)
+
+
+def test_hash_index_lookups_made_ahead_see_what_is_added_after(monkeypatch):
+    from glan.curation import dedup as dedup_module
+    from glan.curation.dedup import HashIndex
+
+    monkeypatch.setattr(dedup_module, "_BUFFER", 5)  # runs are flushed and merged meanwhile
+    rng = random.Random(8)
+    index = HashIndex()
+    expected: dict[int, list[int]] = {}
+    keys = [rng.getrandbits(64) for _ in range(30)]
+    for value in range(400):
+        if value % 50 == 0:
+            index.end_prefetch()
+            index.prefetch(rng.sample(keys, 12))
+        chosen = rng.sample(keys, 3)
+        for key in chosen:
+            assert index.get(key) == expected.get(key, [])
+        index.add_many(chosen, value)
+        for key in chosen:
+            expected.setdefault(key, []).append(value)
+    index.end_prefetch()
+    assert index.get_many(keys) == [expected.get(key, []) for key in keys]

@@ -64,6 +64,8 @@ class HashIndex:
         self._pending: dict[int, list[int]] = {}
         self._pending_count = 0
         self._size = 0
+        # the values of the keys looked up ahead (``prefetch``), kept up to date by ``add``
+        self._ahead: dict[int, list[int]] | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -72,8 +74,22 @@ class HashIndex:
         """Every value added under ``key``, oldest first."""
         return self.get_many([key])[0]
 
+    def prefetch(self, keys: list[int]) -> None:
+        """Look these keys up now, all at once; ``get`` of them is then a dict lookup, until
+        ``end_prefetch`` (values added meanwhile are kept with them)."""
+        self._ahead = None
+        self._ahead = dict(zip(keys, self.get_many(keys), strict=True))
+
+    def end_prefetch(self) -> None:
+        self._ahead = None
+
     def get_many(self, keys: list[int]) -> list[list[int]]:
         """``get`` for several keys at once: one vectorised search per run."""
+        if self._ahead is not None:
+            try:
+                return [self._ahead[key] for key in keys]
+            except KeyError:  # not looked up ahead: look in the index itself
+                pass
         np = self._np
         found: list[list[int]] = [[] for _ in keys]
         if self._runs:
@@ -91,9 +107,24 @@ class HashIndex:
         return found
 
     def add(self, key: int, value: int) -> None:
-        self._pending.setdefault(key, []).append(value)
-        self._pending_count += 1
-        self._size += 1
+        self.add_many([key], value)
+
+    def add_many(self, keys: list[int], value: int) -> None:
+        """``add(key, value)`` for each of the keys."""
+        pending = self._pending
+        for key in keys:
+            found = pending.get(key)
+            if found is None:
+                pending[key] = [value]
+            else:
+                found.append(value)
+        if self._ahead is not None:
+            for key in keys:
+                ahead = self._ahead.get(key)
+                if ahead is not None:
+                    ahead.append(value)
+        self._pending_count += len(keys)
+        self._size += len(keys)
         if self._pending_count >= _BUFFER:
             self._flush()
 
@@ -140,6 +171,13 @@ class ExactDuplicates:
 
     def add(self, text: str, key: int) -> None:
         self._index.add(_digest(text), key)
+
+    def prefetch(self, texts: list[str]) -> None:
+        """Look these texts up ahead, at once (see ``HashIndex.prefetch``)."""
+        self._index.prefetch([_digest(text) for text in texts])
+
+    def end_prefetch(self) -> None:
+        self._index.end_prefetch()
 
 
 @dataclass(frozen=True)
@@ -277,7 +315,8 @@ class NearDuplicates:
         """The kept row most similar to the probe, if its Jaccard reaches the threshold."""
         shared: Counter[int] = Counter()
         for keys in self._index.get_many(probe.bands):
-            shared.update(set(keys))
+            if keys:
+                shared.update(set(keys))
         best: NearMatch | None = None
         for candidate, _ in shared.most_common(_MAX_CANDIDATES):
             other = self.shingles(self._text_of(candidate))
@@ -287,8 +326,14 @@ class NearDuplicates:
         return best
 
     def add(self, probe: Probe, key: int) -> None:
-        for band_key in probe.bands:
-            self._index.add(band_key, key)
+        self._index.add_many(probe.bands, key)
+
+    def prefetch(self, probes: list[Probe]) -> None:
+        """Look the band keys of these probes up ahead, at once (see ``HashIndex.prefetch``)."""
+        self._index.prefetch([key for probe in probes for key in probe.bands])
+
+    def end_prefetch(self) -> None:
+        self._index.end_prefetch()
 
 
 def _fmix32(np: Any, h: np.ndarray) -> np.ndarray:

@@ -205,6 +205,7 @@ class AnswerLeak(_Check):
         """
         answer = pair.answer
         found: list[str] = []
+        starts: set[str] = set()  # distinct first words of the runs read so far
         question_grams: set[tuple[str, ...]] | None = None
         start = 0
         while start < len(answer):
@@ -212,13 +213,14 @@ class AnswerLeak(_Check):
             if end - start > 2 * _LEAK_PIECE_CHARS:
                 cut = answer.rfind(" ", start + 1, start + _LEAK_PIECE_CHARS)
                 end = cut if cut > start else end
+            counted = max(0, len(found) - _LEAK_NGRAM + 1)
             found += words(answer[start:end])
             start = end
             if start < len(answer) and len(found) >= _LEAK_NGRAM:
+                starts.update(found[counted : len(found) - _LEAK_NGRAM + 1])
                 if question_grams is None:
                     question_grams = ngram_set(pair.question_words, _LEAK_NGRAM)
-                starts = len(set(found[: len(found) - _LEAK_NGRAM + 1]))
-                if len(question_grams) / starts < self.overlap:
+                if len(question_grams) / len(starts) < self.overlap:
                     return True
         pair.__dict__["answer_words"] = found  # the whole answer's words, read: keep them
         return False

@@ -176,11 +176,22 @@ class Curator:
     def dedup_many(self, pairs: list[tuple[int, str]]) -> list[tuple[str, dict[str, Any]] | None]:
         """``dedup`` of several pairs in a row (in id order), their MinHashes computed at once."""
         texts = [normalise(question) for _, question in pairs]
-        probes = self.near.probe_many(texts) if self.near is not None else [None] * len(texts)
-        return [
-            self._dedup(seq, text, probe)
-            for (seq, _), text, probe in zip(pairs, texts, probes, strict=True)
-        ]
+        probes: list[Any] = [None] * len(texts)
+        if self.near is not None:
+            probes = self.near.probe_many(texts)
+            self.near.prefetch(probes)
+        if self.exact is not None:
+            self.exact.prefetch(texts)
+        try:
+            return [
+                self._dedup(seq, text, probe)
+                for (seq, _), text, probe in zip(pairs, texts, probes, strict=True)
+            ]
+        finally:
+            if self.near is not None:
+                self.near.end_prefetch()
+            if self.exact is not None:
+                self.exact.end_prefetch()
 
     def _dedup(self, out_seq: int, text: str, probe: Any) -> tuple[str, dict[str, Any]] | None:
         if self.exact is not None:

@@ -5,8 +5,9 @@ the same string, so "What is 2+2?" and "what is 2 + 2" are exact duplicates.
 
 A normalised word is a run of letters and digits (``\\w`` less ``_``) of the case-folded NFKC
 text: what is left between spaces once every other character has become a space. One ``findall``
-gives them, about twice as fast as substituting and splitting; NFKC is skipped for ASCII and for
-text already in NFKC (most text), which gives the same string.
+gives them, about twice as fast as substituting and splitting, and ASCII text (NFKC changes
+nothing, case folding is ``lower``) goes through a byte table and ``split``, faster still; NFKC
+is skipped for text already in NFKC (most text), which gives the same string.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ import re
 import unicodedata
 
 _WORD = re.compile(r"[^\W_]+")
+# ASCII letters and digits stay, every other byte becomes a space (ASCII's [^\W_] is [A-Za-z0-9])
+_ASCII_WORD_BYTES = set(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_ASCII_SPACES = bytes(c if c in _ASCII_WORD_BYTES else 32 for c in range(256))
 
 
 def words(text: str) -> list[str]:
     """The normalised words of a text."""
-    if not text.isascii() and not unicodedata.is_normalized("NFKC", text):
+    if text.isascii():  # NFKC changes nothing, casefold is lower: 3x faster than findall
+        return text.lower().encode().translate(_ASCII_SPACES).decode().split()
+    if not unicodedata.is_normalized("NFKC", text):
         text = unicodedata.normalize("NFKC", text)
     return _WORD.findall(text.casefold())
 
