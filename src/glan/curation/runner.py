@@ -18,8 +18,9 @@ found, and dedup keeps 240 bytes per kept pair (see ``dedup.py``).
 Every core: screening (decontamination and the filters) needs no other row, so a large run is
 screened by a pool of worker processes (``workers``, all cores by default), a chunk of rows at a
 time, with a bounded number of chunks in flight and the verdicts taken back in the order the chunks
-went out: the same removals as one process, in the same order. Dedup stays in this process; it
-computes its MinHashes for a batch of questions at once.
+went out: the same removals as one process, in the same order. When every worker is busy (or still
+starting), this process screens the next chunk itself instead of waiting. Dedup stays in this
+process; it computes its MinHashes for a batch of questions at once.
 """
 
 from __future__ import annotations
@@ -320,9 +321,16 @@ def screen(
     try:
         for chunk in chunks:
             keys = [item[:2] for item in chunk]
-            pending.append((keys, pool.submit(_screen_in_worker, [item[2:] for item in chunk])))
+            pairs = [item[2:] for item in chunk]
             del chunk
-            if len(pending) >= _IN_FLIGHT * count:
+            if len(pending) >= _IN_FLIGHT * count and not pending[0][1].done():
+                # rather than wait (the workers are starting, or busy): screen it here
+                done: Future[list[Verdict]] = Future()
+                done.set_result(curator.screener.screen_chunk(pairs))
+                pending.append((keys, done))
+            else:
+                pending.append((keys, pool.submit(_screen_in_worker, pairs)))
+            while pending and (len(pending) > _IN_FLIGHT * count or pending[0][1].done()):
                 yield from _taken(*pending.popleft())
         while pending:
             yield from _taken(*pending.popleft())
