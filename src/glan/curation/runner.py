@@ -31,6 +31,7 @@ import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,12 @@ def screen(
                 yield from _taken(*pending.popleft())
         while pending:
             yield from _taken(*pending.popleft())
+    except BrokenProcessPool:
+        raise CurationError(
+            "the screening workers stopped; a script that calls curate() needs"
+            ' `if __name__ == "__main__":` around it (the workers start by importing it),'
+            " or pass workers=1"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
