@@ -153,6 +153,12 @@ CURATE_OPTIONS = [
     ),
     field_option(
         CurateConfig,
+        "workers",
+        help="Processes that screen pairs (filters and decontamination). \\[default: every core]",
+        show_default=False,
+    ),
+    field_option(
+        CurateConfig,
         "min_score",
         help="Remove pairs the judge scored below this overall (1-10; needs glan judge). Unjudged pairs stay.",
     ),

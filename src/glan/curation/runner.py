@@ -14,12 +14,24 @@ same run gives the same curated set whatever order its answers came back in.
 
 Memory does not grow with the rows' text: rows stream from SQLite, removals are written as they are
 found, and dedup keeps 240 bytes per kept pair (see ``dedup.py``).
+
+Every core: screening (decontamination and the filters) needs no other row, so a large run is
+screened by a pool of worker processes (``workers``, all cores by default), a chunk of rows at a
+time, with a bounded number of chunks in flight and the verdicts taken back in the order the chunks
+went out: the same removals as one process, in the same order. When every worker is busy (or still
+starting), this process screens the next chunk itself instead of waiting. Dedup stays in this
+process; it computes its MinHashes for a batch of questions at once.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable
+import contextlib
+import multiprocessing
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +40,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from glan.curation.decontaminate import DEFAULT_FIELDS, BenchmarkIndex, load_benchmarks
 from glan.curation.dedup import ExactDuplicates, NearDuplicates
 from glan.curation.errors import CurationError
-from glan.curation.filters import AnswerLeak, Filter, Refusal, TooShort, Truncated, WrongLanguage
+from glan.curation.filters import (
+    AnswerLeak,
+    Filter,
+    Pair,
+    Refusal,
+    TooShort,
+    Truncated,
+    WrongLanguage,
+)
 from glan.curation.text import normalise
 from glan.run import Run, is_run, open_run
 from glan.run.curation import CurationLog, CurationRun
@@ -51,6 +71,12 @@ REASONS = (
     "near_duplicate",
 )
 _PROGRESS_EVERY = 10_000
+_CHUNK = 512  # rows a worker screens at a time
+_IN_FLIGHT = 3  # chunks per worker queued or being screened: memory stays bounded
+_POOL_MIN_ROWS = 20_000  # below this, starting worker processes costs more than they save
+_DEDUP_BATCH = 1024  # questions whose MinHashes are computed together
+# What the filters read of a row's meta (the rest of it is not sent to the workers).
+_SCREEN_META = ("truncated", "language")
 
 Progress = Callable[[int, int], None]  # (pairs seen, pairs removed)
 
@@ -84,6 +110,46 @@ class CurateConfig(BaseModel):
     # the review (glan judge): pairs not judged or not verified are kept
     min_score: float | None = Field(default=None, ge=1, le=10)  # the judge's overall score
     min_agreement: float | None = Field(default=None, ge=0, le=1)  # share of samples agreeing
+    # speed
+    workers: int | None = Field(default=None, ge=1)  # screening processes; None: every core
+
+
+class Screener:
+    """Judges a pair on its own merits: decontamination, then the quality filters."""
+
+    def __init__(self, config: CurateConfig) -> None:
+        self.benchmarks: BenchmarkIndex | None = None
+        if config.benchmarks:  # first: a bad benchmark file fails before the slower set-up
+            self.benchmarks = load_benchmarks(
+                config.benchmarks, config.benchmark_fields, config.ngram, config.min_benchmark_words
+            )
+        self.filters = build_filters(config)
+
+    def screen(
+        self, question: str, answer: str, meta: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]] | None:
+        pair = Pair(question, answer, meta)
+        if self.benchmarks is not None:
+            leak = self.benchmarks.match_words(pair.question_words)
+            if leak is not None:
+                return "decontaminated", leak.as_dict()
+        for check in self.filters:
+            found = check.judge(pair)
+            if found is not None:
+                return check.reason, found
+        return None
+
+    def screen_chunk(self, chunk: list[tuple[str, str, dict[str, Any]]]) -> list[Verdict]:
+        """(position in the chunk, reason, found) of each pair of the chunk that should go."""
+        verdicts = []
+        for i, (question, answer, meta) in enumerate(chunk):
+            verdict = self.screen(question, answer, meta)
+            if verdict is not None:
+                verdicts.append((i, *verdict))
+        return verdicts
+
+
+Verdict = tuple[int, str, dict[str, Any]]
 
 
 class Curator:
@@ -97,12 +163,9 @@ class Curator:
     ) -> None:
         self.config = config
         self.reviews = reviews or {}
-        self.benchmarks: BenchmarkIndex | None = None
-        if config.benchmarks:  # first: a bad benchmark file fails before the slower set-up
-            self.benchmarks = load_benchmarks(
-                config.benchmarks, config.benchmark_fields, config.ngram, config.min_benchmark_words
-            )
-        self.filters = build_filters(config)
+        self.screener = Screener(config)
+        self.benchmarks = self.screener.benchmarks
+        self.filters = self.screener.filters
         self.exact = ExactDuplicates(text_of) if config.dedup else None
         self.near = (
             NearDuplicates(
@@ -119,29 +182,21 @@ class Curator:
         """Why the pair should go on its own merits (a benchmark leak, a quality filter), or
         None: a verdict that needs no other row, so rows may come in any order."""
         question, answer = _pair(row)
-        meta = row.get("meta") or {}
-        if self.benchmarks is not None:
-            leak = self.benchmarks.match(question)
-            if leak is not None:
-                return "decontaminated", leak.as_dict()
-        for check in self.filters:
-            found = check.check(question, answer, meta)
-            if found is not None:
-                return check.reason, found
-        return self._reviewed(row["id"])
+        found = self.screener.screen(question, answer, row.get("meta") or {})
+        return found if found is not None else self.reviewed(row["id"])
 
-    def _reviewed(self, row_id: str) -> tuple[str, dict[str, Any]] | None:
-        """Why the review says the pair should go: a low score, or contradicted answers."""
+    def reviewed(self, row_id: str) -> tuple[str, dict[str, Any]] | None:
+        """Why the review (glan judge) says the pair should go: a low score, or an answer
+        most extra answers contradict."""
         review = self.reviews.get(row_id)
         if review is None:
             return None
         floor, agreed = self.config.min_score, self.config.min_agreement
         if floor is not None and review.score is not None and review.score < floor:
             return "low_score", {"score": review.score, "reason": review.reason}
-        share = review.agreement.share if review.agreement is not None else None
-        if agreed is not None and share is not None and share < agreed:
-            assert review.agreement is not None
-            found = review.agreement
+        found = review.agreement
+        share = found.share if found is not None else None
+        if agreed is not None and found is not None and share is not None and share < agreed:
             return "contradicted", {
                 "agree": found.agree,
                 "of": found.of,
@@ -152,15 +207,34 @@ class Curator:
     def dedup(self, seq: int, question: str) -> tuple[str, dict[str, Any]] | None:
         """Why the pair duplicates one kept before it, or None (then it is kept, and later
         pairs are compared with it). Called in id order, on pairs that passed ``screen``."""
-        return self._dedup(seq, normalise(question))
+        return self.dedup_many([(seq, question)])[0]
 
-    def _dedup(self, out_seq: int, text: str) -> tuple[str, dict[str, Any]] | None:
+    def dedup_many(self, pairs: list[tuple[int, str]]) -> list[tuple[str, dict[str, Any]] | None]:
+        """``dedup`` of several pairs in a row (in id order), their MinHashes computed at once."""
+        texts = [normalise(question) for _, question in pairs]
+        probes: list[Any] = [None] * len(texts)
+        if self.near is not None:
+            probes = self.near.probe_many(texts)
+            self.near.prefetch(probes)
+        if self.exact is not None:
+            self.exact.prefetch(texts)
+        try:
+            return [
+                self._dedup(seq, text, probe)
+                for (seq, _), text, probe in zip(pairs, texts, probes, strict=True)
+            ]
+        finally:
+            if self.near is not None:
+                self.near.end_prefetch()
+            if self.exact is not None:
+                self.exact.end_prefetch()
+
+    def _dedup(self, out_seq: int, text: str, probe: Any) -> tuple[str, dict[str, Any]] | None:
         if self.exact is not None:
             original = self.exact.match(text)
             if original is not None:
                 return "exact_duplicate", {"duplicate_of": original}
         if self.near is not None:
-            probe = self.near.probe(text)
             similar = self.near.match(probe)
             if similar is not None:
                 return "near_duplicate", {
@@ -226,17 +300,16 @@ def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None
         run_id = log.start(config.model_dump(mode="json"), through)
         tally = _Tally(progress)
         screened_out = bytearray(through + 1)  # one byte a row: memory stays flat in the texts
-        for seq, row in run.rows():
-            if seq > through:
-                break
-            tally.see()
-            verdict = curator.screen(row)
-            if verdict is not None:
+        with contextlib.closing(screen(run, through, curator, tally)) as removals:
+            for seq, row_id, reason, found in removals:
                 screened_out[seq] = 1
-                tally.remove(log, run_id, row["id"], seq, *verdict)
-        for seq, row_id, question in run.questions_by_id(through):
-            if not screened_out[seq]:
-                verdict = curator.dedup(seq, question)
+                tally.remove(log, run_id, row_id, seq, reason, found)
+        for batch in _batches(
+            (item for item in run.questions_by_id(through) if not screened_out[item[0]]),
+            _DEDUP_BATCH,
+        ):
+            verdicts = curator.dedup_many([(seq, question) for seq, _, question in batch])
+            for (seq, row_id, _), verdict in zip(batch, verdicts, strict=True):
                 if verdict is not None:
                     reason, matched = verdict
                     tally.remove(log, run_id, row_id, seq, reason, _with_ids(run, matched))
@@ -253,6 +326,118 @@ def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None
         return result
     finally:
         run.close()
+
+
+def workers(config: CurateConfig) -> int:
+    """How many processes screen: ``config.workers``, else one per core this process may use."""
+    if config.workers is not None:
+        return config.workers
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def screen(
+    run: Run, through: int, curator: Curator, tally: _Tally
+) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """(seq, row id, reason, found) of every row up to ``through`` that screening removes, in
+    output order; in a pool of worker processes when there are enough rows and cores."""
+    chunks = _batches(_screen_items(run, through, tally), _CHUNK)
+    count = workers(curator.config)
+    if count <= 1 or through < _POOL_MIN_ROWS:
+        for chunk in chunks:
+            keys = [item[:2] for item in chunk]
+            yield from _removals(
+                curator, keys, curator.screener.screen_chunk([item[2:] for item in chunk])
+            )
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process with open files
+    pool = ProcessPoolExecutor(
+        count,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(curator.config.model_dump(mode="json"),),
+    )
+    pending: deque[tuple[list[Any], Future[list[Verdict]]]] = deque()
+    try:
+        for chunk in chunks:
+            keys = [item[:2] for item in chunk]
+            pairs = [item[2:] for item in chunk]
+            del chunk
+            if len(pending) >= _IN_FLIGHT * count and not pending[0][1].done():
+                # rather than wait (the workers are starting, or busy): screen it here
+                done: Future[list[Verdict]] = Future()
+                done.set_result(curator.screener.screen_chunk(pairs))
+                pending.append((keys, done))
+            else:
+                pending.append((keys, pool.submit(_screen_in_worker, pairs)))
+            while pending and (len(pending) > _IN_FLIGHT * count or pending[0][1].done()):
+                keys, future = pending.popleft()
+                yield from _removals(curator, keys, future.result())
+        while pending:
+            keys, future = pending.popleft()
+            yield from _removals(curator, keys, future.result())
+    except BrokenProcessPool:
+        raise CurationError(
+            "the screening workers stopped; a script that calls curate() needs"
+            ' `if __name__ == "__main__":` around it (the workers start by importing it),'
+            " or pass workers=1"
+        ) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _screen_items(
+    run: Run, through: int, tally: _Tally
+) -> Iterator[tuple[int, str, str, str, dict[str, Any]]]:
+    """(seq, id, question, answer, meta the filters read) of each row up to ``through``."""
+    for seq, row in run.rows():
+        if seq > through:
+            break
+        tally.see()
+        question, answer = _pair(row)
+        meta = row.get("meta") or {}
+        yield seq, row["id"], question, answer, {k: meta[k] for k in _SCREEN_META if k in meta}
+
+
+def _removals(
+    curator: Curator, keys: list[tuple[int, str]], verdicts: list[Verdict]
+) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """(seq, id, reason, found) of a chunk's removals: the screen's, then the review's (which
+    the main process holds) among the rest."""
+    for i, reason, found in verdicts:
+        yield keys[i][0], keys[i][1], reason, found
+    if curator.reviews:
+        screened = {i for i, _, _ in verdicts}
+        for i, (seq, row_id) in enumerate(keys):
+            verdict = curator.reviewed(row_id) if i not in screened else None
+            if verdict is not None:
+                yield seq, row_id, *verdict
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_worker_screener: Screener | None = None
+
+
+def _start_worker(config: dict[str, Any]) -> None:
+    global _worker_screener
+    _worker_screener = Screener(CurateConfig.model_validate(config))
+
+
+def _screen_in_worker(chunk: list[tuple[str, str, dict[str, Any]]]) -> list[Verdict]:
+    assert _worker_screener is not None
+    return _worker_screener.screen_chunk(chunk)
 
 
 class _Tally:
