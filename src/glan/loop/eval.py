@@ -126,32 +126,12 @@ class EvalResult:
 
 
 def evaluate(
-    run_dir: str | Path,
-    a: Side,
-    b: Side,
-    config: GenerateConfig,
-    *,
-    per_discipline: int = 50,
-    seed: int = 0,
-    name: str | None = None,
-    progress: ProgressMode = "none",
-    plan: Callable[[EvalPlan], None] | None = None,
+    run_dir: str | Path, a: Side, b: Side, config: GenerateConfig, **options: Any
 ) -> EvalResult:
     """GLAN-Test of candidates ``a`` and ``b`` on ``run_dir``'s held-out questions; ``config``
-    gives the judge (judge_model, judge_base_url, judge_api_key), limits and prices."""
-    return asyncio.run(
-        aevaluate(
-            run_dir,
-            a,
-            b,
-            config,
-            per_discipline=per_discipline,
-            seed=seed,
-            name=name,
-            progress=progress,
-            plan=plan,
-        )
-    )
+    gives the judge (judge_model, judge_base_url, judge_api_key), limits and prices; the options
+    are ``aevaluate``'s. In a notebook, where an event loop runs, ``await aevaluate(...)``."""
+    return asyncio.run(aevaluate(run_dir, a, b, config, **options))
 
 
 async def aevaluate(
@@ -166,7 +146,8 @@ async def aevaluate(
     progress: ProgressMode = "none",
     plan: Callable[[EvalPlan], None] | None = None,
 ) -> EvalResult:
-    """``evaluate`` in a running event loop; ``plan`` hears what it will ask before it asks."""
+    """``per_discipline`` and ``seed`` choose the held-out split as glan export does; ``name``
+    tells this comparison from others; ``plan`` hears what it will ask before it asks."""
     if not is_run(run_dir):
         raise ConfigError(f"{run_dir} is not a glan run directory (no {DB_NAME} in it)")
     if per_discipline < 1:
