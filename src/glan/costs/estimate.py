@@ -8,7 +8,7 @@ listed in ``Assumptions`` so they can be argued with.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glan.config import GenerateConfig
@@ -19,7 +19,7 @@ from glan.llm.types import ChatRequest
 from glan.stages.pipeline import Pipeline
 from glan.taxonomy import Discipline
 
-WIDE_STAGES = ("question", "answer")  # the stages a batch API takes
+WIDE_STAGES = ("question", "answer", "followup", "reply")  # the stages a batch API takes
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class Assumptions:
             "syllabus_json": 2200,
             "question": 150,
             "answer": 600,
+            "followup": 120,
+            "reply": 500,
         }
     )
 
@@ -68,6 +70,8 @@ def estimate(
     subjects = len(disciplines) * per_discipline
     questions = subjects * config.questions_per_syllabus
     items = {"subjects": queries, "syllabus": subjects, "question": questions, "answer": questions}
+    # a conversation of N turns: N - 1 follow-ups, each with its reply
+    items["followup"] = items["reply"] = questions * (config.turns - 1)
 
     estimates = []
     for stage, (prompt, turns, tokens_out) in _per_as_item(pipeline, disciplines, a).items():
@@ -122,6 +126,7 @@ def _per_as_item(
     answer = stages["question"].expand(question)[0].as_item()
     single = pipeline.config.single_turn
     syllabus_prompt = _tokens(stages["subject"].request(subject, discipline))
+    turns = _turns(pipeline, subject, question, answer, a) if pipeline.config.turns > 1 else {}
     return {
         "subjects": _two_turns(stages["subject_query"], subjects_prompt, out, "subjects", single),
         "syllabus": _two_turns(stages["subject"], syllabus_prompt, out, "syllabus", single),
@@ -131,7 +136,49 @@ def _per_as_item(
             1,
             out["answer"],
         ),
+        **turns,
     }
+
+
+def _turns(
+    pipeline: Pipeline, subject: Item, question: Item, answer: Item, a: Assumptions
+) -> dict[str, tuple[int, int, int]]:
+    """(tokens in, calls, tokens out) of a typical follow-up and reply, the mean over turns 2
+    to N: each prompt carries the conversation so far, which grows by a follow-up and a reply
+    each turn."""
+    out = a.tokens_out
+    first = answer.done(
+        {
+            "id": answer.id,
+            "messages": [
+                {"role": "user", "content": _text(out["question"])},
+                {"role": "assistant", "content": _text(out["answer"])},
+            ],
+            "meta": dict(question.data),
+        }
+    )
+    followups = pipeline.children(first)
+    followup = replace(followups[0].as_item(), context=subject)
+    asked = followup.done({"question": _text(out["followup"]), "kind": "clarify"})
+    reply = replace(pipeline.children(asked)[0].as_item(), context=first)
+    growth = (out["followup"] + out["reply"]) * (pipeline.config.turns - 2) // 2
+    return {
+        "followup": (
+            _tokens(pipeline.stages["followup"].request(followup, first)) + growth,
+            1,
+            out["followup"],
+        ),
+        "reply": (
+            _tokens(pipeline.stages["reply"].request(reply, asked)) + growth,
+            1,
+            out["reply"],
+        ),
+    }
+
+
+def _text(tokens: int) -> str:
+    """A text of about ``tokens`` tokens (four characters each), to size prompts with."""
+    return ("lorem " * tokens)[: 4 * tokens]
 
 
 def _two_turns(

@@ -30,7 +30,10 @@ LABELS = {
     "syllabus": "syllabi",
     "question": "questions",
     "answer": "answers",
+    "followup": "follow-ups",
+    "reply": "replies",
 }
+TURN_STAGES = ("followup", "reply")  # only conversations (--turns > 1) have these
 
 
 @dataclass
@@ -48,6 +51,7 @@ class StageStats:
 class RunStats:
     prices: PriceTable = field(default_factory=PriceTable)
     questions_per_syllabus: int = 0
+    turns: int = 1
     stages: dict[str, StageStats] = field(
         default_factory=lambda: {name: StageStats() for name in LABELS}
     )
@@ -83,12 +87,21 @@ class RunStats:
         stage is at least as big as what its known parents will give it."""
         s = self.stages
         questions = max(s["question"].total, s["syllabus"].total * self.questions_per_syllabus)
+        answers = max(s["answer"].total, questions)
+        # each answer opens a conversation of turns - 1 follow-ups, each followed by a reply
+        followups = max(s["followup"].total, answers * (self.turns - 1))
         return {
             "subjects": s["subjects"].total,
             "syllabus": s["syllabus"].total,
             "question": questions,
-            "answer": max(s["answer"].total, questions),
+            "answer": answers,
+            "followup": followups,
+            "reply": max(s["reply"].total, followups),
         }
+
+    def shown(self) -> list[str]:
+        """The stages a display shows: a single-turn run has no follow-ups or replies."""
+        return [name for name in self.stages if self.turns > 1 or name not in TURN_STAGES]
 
     @property
     def requests(self) -> int:
@@ -129,13 +142,16 @@ class LiveProgress:
         self.tasks: dict[str, TaskID] = {}
 
     def start(self) -> None:
-        for name, label in LABELS.items():
-            self.tasks[name] = self.progress.add_task(label, total=None, failed="", tokens="")
+        for name in self.stats.shown():
+            self.tasks[name] = self.progress.add_task(
+                LABELS[name], total=None, failed="", tokens=""
+            )
         self.progress.start()
 
     def refresh(self) -> None:
         totals = self.stats.projected_totals()
-        for name, stats in self.stats.stages.items():
+        for name in self.stats.shown():
+            stats = self.stats.stages[name]
             self.progress.update(
                 self.tasks[name],
                 total=totals[name] or None,
@@ -170,7 +186,8 @@ class LogProgress:
     def line(self) -> None:
         parts = []
         totals = self.stats.projected_totals()
-        for name, stats in self.stats.stages.items():
+        for name in self.stats.shown():
+            stats = self.stats.stages[name]
             failed = f" ({stats.failed} failed)" if stats.failed else ""
             parts.append(f"{LABELS[name]} {stats.done}/{totals[name]}{failed}")
         tokens_in, tokens_out = self.stats.tokens

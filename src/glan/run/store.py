@@ -23,6 +23,9 @@ from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest, ChatResponse
 
 DB_NAME = "glan.db"
+# meta: the --turns of the run (absent: 1), and the last output place when it was raised
+TURNS_META = "turns"
+RAISED_META = "turns_raised_at"
 
 # Numbered migrations: index i brings user_version i to i + 1. Never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -395,6 +398,29 @@ class Store:
     def last_out_seq(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0]
 
+    def superseded(self) -> bytearray | None:
+        """Output rows that a longer conversation of the same question replaced, as flags by
+        out_seq; None when there can be none (``--turns`` was never raised on this run).
+
+        Raising ``--turns`` makes the rows so far (answers, or replies of the old last turn)
+        the first turns of longer conversations, whose last reply becomes the question's row.
+        The earlier row stays in the store and in instructions.jsonl, which only grow; readers
+        of the dataset (curate, export, report, status) skip it. A row is superseded when a
+        row lies below it in the tree: found by walking up from every conversation row."""
+        raised = self.get_meta(RAISED_META)
+        if not raised:
+            return None
+        flags = bytearray(self.last_out_seq() + 1)
+        for (out_seq,) in self.db.execute(_SUPERSEDED, (raised,)):
+            flags[out_seq] = 1
+        return flags
+
+    def row_count(self) -> int:
+        """Rows of the dataset: output rows less the superseded ones."""
+        total = self.db.execute("SELECT COUNT(*) FROM nodes WHERE out_seq IS NOT NULL").fetchone()
+        gone = self.superseded()
+        return total[0] - (sum(gone) if gone is not None else 0)
+
     def questions_by_id(self, through: int) -> Iterator[tuple[int, str, str]]:
         """(out_seq, id, question) of every output row up to ``through``, by id.
 
@@ -483,6 +509,19 @@ def call_record(
         "created_at": time.time(),
     }
 
+
+# The rows above conversation rows, up to the place ``RAISED_META`` recorded (rows made after the
+# last raise are of the current --turns): from each reply row up through follow-ups and replies to
+# its answer. Each step is a primary-key lookup.
+_SUPERSEDED = """
+WITH RECURSIVE up(id) AS (
+    SELECT parent_id FROM nodes WHERE kind = 'reply' AND out_seq IS NOT NULL
+    UNION ALL
+    SELECT n.parent_id FROM up JOIN nodes n ON n.id = up.id WHERE n.kind IN ('followup', 'reply')
+)
+SELECT DISTINCT n.out_seq FROM up JOIN nodes n ON n.id = up.id
+WHERE n.out_seq IS NOT NULL AND n.out_seq <= ?
+"""
 
 _CALL_COLUMNS = (
     "key, node_id, stage, model, request, text, finish_reason, prompt_tokens,"

@@ -364,6 +364,12 @@ class _Level:
     def expansion_signature(self) -> str:
         return STAGE
 
+    def context(self, node: Item, get: Callable[[str], Item]) -> Item | None:
+        return None
+
+    def is_row(self, node: Item) -> bool:
+        return False
+
 
 def merge_level(
     parents: list[Draft],
