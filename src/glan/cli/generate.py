@@ -98,6 +98,11 @@ RUN_OPTIONS = [
         float | None,
         help=f"Share of 'challenging' questions (two sessions) vs 'basic' (one). {default_is(DEFAULTS.challenging_ratio)}",
     ),
+    option(
+        "turns",
+        int | None,
+        help=f"User turns per conversation: after the answer, the student asks a follow-up grounded in the syllabus and the teacher replies, until N turns (1: the paper's single question and answer). Raise it on a finished run to ask only the new turns; the follow-up kinds' mix is the config's followup_mix. {default_is(DEFAULTS.turns)}",
+    ),
     option("language", str | None, help="Language of questions and answers, e.g. Korean or ko."),
     option(
         "syllabus_language",

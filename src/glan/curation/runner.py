@@ -7,6 +7,12 @@ Each pair is judged by the first rule that removes it, in this order:
    ``wrong_language``;
 3. ``exact_duplicate`` then ``near_duplicate`` of a pair kept earlier.
 
+A conversation (``--turns`` above 1) is screened turn by turn: a benchmark n-gram in any of its
+user turns, or a quality filter failing any turn (a refusal or a cut-off reply in turn 3), removes
+the whole conversation, and the finding names the turn. ``answer_leak`` judges the first turn
+only: a follow-up that shows the student's own attempt is meant to be quoted by the reply. Dedup
+compares conversations by their first question.
+
 Dedup comes last so that a group of duplicates keeps its first *good* pair: had the first one been
 a refusal, dedup-first would have removed its duplicates and then the refusal itself, losing the
 question altogether. Pairs are visited by id (the order of a stable hash), not by arrival, so the
@@ -48,6 +54,7 @@ REASONS = (
     "near_duplicate",
 )
 _PROGRESS_EVERY = 10_000
+FIRST_TURN_ONLY = frozenset({"answer_leak"})  # filters that judge a conversation's first turn
 
 Progress = Callable[[int, int], None]  # (pairs seen, pairs removed)
 
@@ -106,16 +113,20 @@ class Curator:
     def screen(self, row: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """Why the pair should go on its own merits (a benchmark leak, a quality filter), or
         None: a verdict that needs no other row, so rows may come in any order."""
-        question, answer = _pair(row)
+        turns = _turns(row)
         meta = row.get("meta") or {}
         if self.benchmarks is not None:
-            leak = self.benchmarks.match(question)
-            if leak is not None:
-                return "decontaminated", leak.as_dict()
-        for check in self.filters:
-            found = check.check(question, answer, meta)
-            if found is not None:
-                return check.reason, found
+            for number, (question, _) in enumerate(turns, 1):
+                leak = self.benchmarks.match(question)
+                if leak is not None:
+                    return "decontaminated", _in_turn(leak.as_dict(), number)
+        for number, (question, answer) in enumerate(turns, 1):
+            for check in self.filters:
+                if number > 1 and check.reason in FIRST_TURN_ONLY:
+                    continue
+                found = check.check(question, answer, meta)
+                if found is not None:
+                    return check.reason, _in_turn(found, number)
         return None
 
     def dedup(self, seq: int, question: str) -> tuple[str, dict[str, Any]] | None:
@@ -252,15 +263,22 @@ class _Tally:
             self.progress(self.seen, self.removed)
 
 
-def _pair(row: dict[str, Any]) -> tuple[str, str]:
-    question = answer = ""
+def _turns(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(question, answer) of each turn: a user message and the assistant's reply after it (""
+    when there is none). A row with no user message has one empty turn."""
+    turns: list[tuple[str, str]] = []
     for message in row.get("messages") or []:
         content = message.get("content") or ""
-        if message.get("role") == "user" and not question:
-            question = content
-        elif message.get("role") == "assistant" and not answer:
-            answer = content
-    return question, answer
+        if message.get("role") == "user":
+            turns.append((content, ""))
+        elif message.get("role") == "assistant" and turns and not turns[-1][1]:
+            turns[-1] = (turns[-1][0], content)
+    return turns or [("", "")]
+
+
+def _in_turn(found: dict[str, Any], number: int) -> dict[str, Any]:
+    """A finding, with the turn it is in when that is not the first."""
+    return found if number == 1 else {**found, "turn": number}
 
 
 def _with_ids(run: Run, matched: dict[str, Any]) -> dict[str, Any]:

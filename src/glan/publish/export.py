@@ -1,7 +1,8 @@
 """``glan export``: the dataset in the layout a trainer reads, with a held-out test split.
 
 Layouts (``format``): chat ``messages`` (OpenAI/TRL style), ``sharegpt`` (``conversations`` with
-``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``). Every layout keeps the
+``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``; of a conversation, the
+first turn only, counted in ``first_turn_only``). Every layout keeps the
 lineage columns (field, discipline, subject, level, sessions, key concepts, models, seed, ...) flat
 beside the text, so a trainer can filter or weight by them.
 
@@ -33,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from glan.curation.errors import require
-from glan.publish.layouts import FORMATS, LAYOUTS, arrow_schema
+from glan.publish.layouts import FORMATS, LAYOUTS, arrow_schema, user_turns
 from glan.publish.writers import JsonlWriter, ParquetWriter, RecordWriter, ShardedWriter
 from glan.run import is_run, open_run
 from glan.run.curation import CuratedRows
@@ -59,6 +60,8 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
     test_only: list[str] = field(default_factory=list)  # disciplines with no pairs left to train
     pushed_to: str | None = None
+    # conversations (--turns > 1) that Alpaca, which has no turns, took the first turn of
+    first_turn_only: int = 0
 
     @property
     def rows(self) -> int:
@@ -136,7 +139,9 @@ def export(
         splits = {"train": sum(totals.values()) - len(test_ids), "test": len(test_ids)}
         splits = {name: n for name, n in splits.items() if n or name == "train"}
         scratch.mkdir(parents=True)
-        files = _write_splits(rows, scratch, format, to, shard_size, splits, test_ids)
+        files, result.first_turn_only = _write_splits(
+            rows, scratch, format, to, shard_size, splits, test_ids
+        )
         result.splits = splits
         if to == "hf":
             files = _to_datasets(scratch, files, format, push_to_hub, private, token)
@@ -211,7 +216,8 @@ def _write_splits(
     shard_size: int,
     splits: dict[str, int],
     test_ids: set[str],
-) -> list[Path]:
+) -> tuple[list[Path], int]:
+    """The files written, and how many conversations were cut to their first turn (Alpaca)."""
     make = LAYOUTS[layout]
     suffix = "jsonl" if to == "jsonl" else "parquet"
     if suffix == "parquet":
@@ -227,10 +233,13 @@ def _write_splits(
         split: ShardedWriter(directory, split, suffix, total, size, open_file)
         for split, total in splits.items()
     }
+    cut = 0
     for row in rows:
         split = "test" if row["id"] in test_ids else "train"
         writers[split].write(make(row))
-    return [path for writer in writers.values() for path in writer.close()]
+        if layout == "alpaca" and user_turns(row) > 1:
+            cut += 1
+    return [path for writer in writers.values() for path in writer.close()], cut
 
 
 def _to_datasets(

@@ -40,6 +40,15 @@ _REASON_TEXT = {
 }
 
 
+_FOLLOWUP_TEXT = {
+    "clarify": "a step of the reply explained",
+    "variant": "the problem again with changed data",
+    "next_step": "the next step",
+    "later_session": "how it links to a later session",
+    "check_attempt": "the student's own attempt checked",
+}
+
+
 class ReportError(Exception):
     """The report cannot be made (no run directory, an unwritable output)."""
 
@@ -118,6 +127,11 @@ def render(data: ReportData, figures: Figures) -> str:
         ),
         figure_tokens=_markup(figures.tokens(data.usage)) if data.usage else None,
         matched=_matched_text,
+        conversations=sum(n for turns, n in data.turns.items() if turns > 1),
+        turn_counts=sorted(data.turns.items()),
+        followup_mix=data.followup_kinds.most_common(),
+        followups=sum(data.followup_kinds.values()),
+        followup_text=_FOLLOWUP_TEXT,
     )
 
 

@@ -12,7 +12,7 @@ from glan.costs.prices import spend_by_stage
 from glan.run import Run, open_run
 from glan.run.curation import CuratedRows, CurationLog, CurationRun
 
-STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer")
+STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer", "followup", "reply")
 _EXAMPLES = 5  # removals shown per reason
 _EXCERPT = 220
 
@@ -48,6 +48,8 @@ class ReportData:
     cost: dict[str, float] | None
     examples: dict[str, list[dict[str, Any]]]
     benchmark_hits: dict[str, int]
+    turns: Counter[int] = field(default_factory=Counter)  # rows by user turns
+    followup_kinds: Counter[str] = field(default_factory=Counter)  # every follow-up, by kind
 
     @property
     def pairs(self) -> int:
@@ -71,6 +73,8 @@ def gather(run_dir: str | Path) -> ReportData:
         _add_syllabi(run.store, disciplines)
         questions: dict[str, array[int]] = defaultdict(lambda: array("I"))
         answers: dict[str, array[int]] = defaultdict(lambda: array("I"))
+        turns: Counter[int] = Counter()
+        followups: Counter[str] = Counter()
         for row in rows:
             meta = row.get("meta") or {}
             discipline = _discipline(disciplines, meta)
@@ -79,8 +83,11 @@ def gather(run_dir: str | Path) -> ReportData:
             for concept in meta.get("key_concepts") or []:
                 discipline.used.add(_concept_key(meta.get("subject"), meta.get("level"), concept))
             messages = row.get("messages") or [{}, {}]
+            # of a conversation, the first turn: the question and its answer
             questions[kind].append(len(str(messages[0].get("content") or "")))
-            answers[kind].append(len(str(messages[-1].get("content") or "")))
+            answers[kind].append(len(str(messages[min(1, len(messages) - 1)].get("content") or "")))
+            turns[int(meta.get("turns") or 1)] += 1
+            followups.update(str(k) for k in meta.get("followup_kinds") or [])
         examples, hits = _removals(run, rows.curation)
         spent = spend_by_stage(run.usage())
         return ReportData(
@@ -99,6 +106,8 @@ def gather(run_dir: str | Path) -> ReportData:
             cost={stage: s.cost for stage, s in spent.items()},
             examples=examples,
             benchmark_hits=hits,
+            turns=turns,
+            followup_kinds=followups,
         )
     finally:
         run.close()

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 ROWS, CALLS, FAILED = "rows", "calls", "failed"
-_LISTS = ("sessions", "key_concepts")
+_LISTS = ("sessions", "key_concepts", "followup_kinds")
 
 
 def _pa() -> Any:
@@ -49,7 +49,7 @@ def meta_type(key: str) -> pa.DataType:
     pa = _pa()
     if key in _LISTS:
         return pa.list_(pa.string())
-    return {"seed": pa.int64(), "truncated": pa.bool_()}.get(key, pa.string())
+    return {"seed": pa.int64(), "turns": pa.int64(), "truncated": pa.bool_()}.get(key, pa.string())
 
 
 @cache
