@@ -4,7 +4,8 @@ The server runs on its own event loop in a background thread, so synchronous tes
 and subprocesses can all reach it over real HTTP. A reply is a pure function of the seed and
 the canonical JSON of the request body; structured requests get documents that validate against
 their JSON Schema. Faults (429, 5xx, timeouts, dropped connections, broken or truncated replies)
-can be scripted, drawn at random rates, or pinned to requests that contain a given text.
+can be scripted, drawn at random rates, or pinned to requests that contain a given text; so can a
+canned reply (``reply_with``: a refusal, say).
 
 Standalone: ``python -m glan.testing.fake_teacher --port 8000 --latency 0.5``.
 """
@@ -565,6 +566,7 @@ class FakeTeacher:
         self._scripts: list[_Script] = []
         self._rates: _Rates | None = None
         self._always: dict[str, Fault] = {}
+        self._canned: dict[str, str] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -674,6 +676,19 @@ class FakeTeacher:
         with self._lock:
             self._always[match] = checked
 
+    def reply_with(self, match: str, text: str) -> None:
+        """Every request containing ``match`` is answered with ``text`` (a refusal, say), as
+        prose; faults still come first."""
+        with self._lock:
+            self._canned[match] = text
+
+    def _canned_reply(self, canonical: bytes) -> _Reply | None:
+        with self._lock:
+            if not self._canned:
+                return None
+            text = canonical.decode()
+            return next((_Reply(t) for match, t in self._canned.items() if match in text), None)
+
     def _draw_fault(self, text: str) -> Fault | None:
         with self._lock:
             for match, fault in self._always.items():
@@ -714,14 +729,15 @@ class FakeTeacher:
         return sum(substring in _canonical(body).decode() for body in self.requests)
 
     def reset(self) -> None:
-        """Forget recorded requests (batch API recordings too), scripts, rates and always_fail
-        rules; settings stay."""
+        """Forget recorded requests (batch API recordings too), scripts, rates, always_fail rules
+        and canned replies; settings stay."""
         with self._lock:
             self._bodies.clear()
             self._arrivals.clear()
             self._scripts.clear()
             self._rates = None
             self._always.clear()
+            self._canned.clear()
         self.batch.reset()
 
     # -- handlers
@@ -747,8 +763,11 @@ class FakeTeacher:
                 "type": "invalid_request_error",
             }
             return 400, {"error": error}
-        digest = _digest(settings.seed, _canonical(body))
-        reply = _compose(body, digest, enforce_schema=settings.mode == "honour")
+        canonical = _canonical(body)
+        digest = _digest(settings.seed, canonical)
+        reply = self._canned_reply(canonical) or _compose(
+            body, digest, enforce_schema=settings.mode == "honour"
+        )
         return 200, _completion(body, reply, digest)
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -795,7 +814,9 @@ class FakeTeacher:
                 param="response_format",
             )
         digest = _digest(settings.seed, canonical)
-        reply = _compose(body, digest, enforce_schema=settings.mode == "honour")
+        reply = self._canned_reply(canonical) or _compose(
+            body, digest, enforce_schema=settings.mode == "honour"
+        )
         if fault == "malformed":
             reply = reply.malformed()
         elif fault == "truncated":
