@@ -26,7 +26,7 @@ from glan.config import FOLLOWUP_KINDS, ConfigError, GenerateConfig
 from glan.costs.progress import RunStats
 from glan.curation.runner import CurateConfig, Curator, curate
 from glan.ids import canonical_json
-from glan.items import META_KEYS
+from glan.items import META_KEYS, SINGLE_TURN_META
 from glan.llm.types import unpack_request
 from glan.prompts import prompts_for, render
 from glan.publish.export import export
@@ -35,7 +35,6 @@ from glan.run import open_run
 from glan.run.store import Store
 from glan.testing.fake_teacher import FakeTeacher
 
-SINGLE_TURN_META = set(META_KEYS) - {"turns", "followup_kinds"}
 # The rows of make_config() (seed 0, 2 disciplines x 2 subjects x 3 questions) as the pipeline made
 # them before conversations existed (commit 87520a1): ids depend on the bundled subjects,
 # syllabus and question templates and on the fake teacher; if a deliberate change of those moves
@@ -131,7 +130,7 @@ def test_turns_1_is_todays_pipeline(tmp_path, teacher, make_config):
     rows = read_rows(tmp_path)
     assert {row["id"] for row in rows} == GOLDEN_IDS
     for row in rows:
-        assert set(row["meta"]) == SINGLE_TURN_META
+        assert list(row["meta"]) == list(SINGLE_TURN_META)
         assert len(row["messages"]) == 2
         # the version of the templates a single-turn row uses: the conversation's are left out
         assert row["meta"]["prompt_version"] == prompts_for(None).version
@@ -187,6 +186,11 @@ def test_raising_turns_asks_only_the_new_turns(tmp_path, teacher, make_config):
         assert len(list(run.questions_by_id(run.last_seq()))) == 12
     finally:
         run.close()
+    curated = curate(tmp_path / "run", CurateConfig(language="any"))
+    assert (curated.rows_in, curated.rows_kept) == (12, 12)
+    exported = export(tmp_path / "run", out=tmp_path / "export")
+    assert exported.rows == 12
+    assert {row["id"] for row in _lines(tmp_path / "export")} == {r["id"] for r in conversations}
 
     # the same conversations as a run that asked for three turns from the start
     with FakeTeacher(api_key=API_KEY) as fresh:

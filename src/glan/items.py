@@ -19,7 +19,7 @@ FROM_QUESTION = (
     "key_concepts",
     "question_type",
 )
-META_KEYS = (
+SINGLE_TURN_META = (
     *FROM_QUESTION,
     "question_model",
     "answer_model",
@@ -29,11 +29,11 @@ META_KEYS = (
     "syllabus_language",
     "question_id",
     "truncated",
-    # conversations (--turns > 1): user turns, and the kind of each follow-up (turn 2 on). A
-    # single-turn row has neither key: read it as 1 turn and no follow-ups.
-    "turns",
-    "followup_kinds",
 )
+# Conversations (--turns > 1) add the user turns and the kind of each follow-up (turn 2 on). A
+# single-turn row has neither key: read it as 1 turn and no follow-ups.
+CONVERSATION_META = ("turns", "followup_kinds")
+META_KEYS = (*SINGLE_TURN_META, *CONVERSATION_META)
 
 
 @dataclass(frozen=True)
