@@ -22,7 +22,7 @@ from glan.run.batches import SqliteBatchRecords
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
 from glan.run.lock import run_lock
 from glan.run.parts import StateDir
-from glan.run.store import DB_NAME, RAISED_META, TURNS_META, Store
+from glan.run.store import DB_NAME, TURNS_META, Store
 from glan.stages.pipeline import Pipeline
 from glan.taxonomy import Discipline, Taxonomy
 
@@ -182,7 +182,7 @@ def _begin(store: Store, config: GenerateConfig, taxonomy: Taxonomy) -> RunStats
 
 def _check_turns(store: Store, config: GenerateConfig, where: str) -> None:
     """``--turns`` only grows on a run. Raised, the rows so far become first turns of longer
-    conversations, whose rows supersede them (``Store.superseded``); lowered, it would leave
+    conversations, whose rows supersede them (``Store.supersede``); lowered, it would leave
     conversations half made, so it is refused."""
     before = store.get_meta(TURNS_META) or 1
     if config.turns < before:
@@ -192,7 +192,7 @@ def _check_turns(store: Store, config: GenerateConfig, where: str) -> None:
         )
     if config.turns > before:
         if store.last_out_seq():
-            store.set_meta(RAISED_META, store.last_out_seq())
+            store.start_superseding()
         store.set_meta(TURNS_META, config.turns)
 
 

@@ -126,7 +126,7 @@ class LiveProgress:
     def __init__(self, stats: RunStats, console: Console | None = None) -> None:
         self.stats = stats
         self.progress = Progress(
-            TextColumn("[bold]{task.description:>9}"),
+            TextColumn("[bold]{task.description:>10}"),
             BarColumn(),
             MofNCompleteColumn(),
             _Rate(),

@@ -93,6 +93,7 @@ class LocalEngine:
         )
         self._batch_limit = 2 * limits.batch_max_requests
         self._in_flight: Counter[str] = Counter()  # running tasks by kind
+        self._superseding = False
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -107,6 +108,7 @@ class LocalEngine:
             self.store.set_meta("expansion", signature)
         self.store.commit()
         self._fresh_after = self.store.last_rowid()
+        self._superseding = self.store.superseding()  # rows may replace earlier rows
         for kind, statuses in self.store.counts(active_only=True).items():
             name = self._stage_name(kind)
             if name is not None:
@@ -238,6 +240,8 @@ class LocalEngine:
             return
         row = self.pipeline.is_row(node)
         stored = self.store.finish(node, outcome.result, output=row)
+        if row and self._superseding:
+            self.store.supersede(node.id)
         done = node.done(outcome.result)
         children = self._children(done)
         if children:

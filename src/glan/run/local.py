@@ -13,7 +13,7 @@ from glan.run.store import Store
 
 class LocalRun:
     """Rows are the store's output rows, less those a longer conversation superseded (see
-    ``Store.superseded``): every question has one row, its longest conversation."""
+    ``Store.supersede``): every question has one row, its longest conversation."""
 
     def __init__(self, store: Store, where: str) -> None:
         self.store = store

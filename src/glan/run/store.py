@@ -23,9 +23,7 @@ from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest, ChatResponse
 
 DB_NAME = "glan.db"
-# meta: the --turns of the run (absent: 1), and the last output place when it was raised
-TURNS_META = "turns"
-RAISED_META = "turns_raised_at"
+TURNS_META = "turns"  # meta: the run's --turns (absent: 1)
 
 # Numbered migrations: index i brings user_version i to i + 1. Never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -398,28 +396,52 @@ class Store:
     def last_out_seq(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0]
 
-    def superseded(self) -> bytearray | None:
-        """Output rows that a longer conversation of the same question replaced, as flags by
-        out_seq; None when there can be none (``--turns`` was never raised on this run).
+    # -- superseded rows (--turns raised on a run) ------------------------------------------
 
-        Raising ``--turns`` makes the rows so far (answers, or replies of the old last turn)
-        the first turns of longer conversations, whose last reply becomes the question's row.
-        The earlier row stays in the store and in instructions.jsonl, which only grow; readers
-        of the dataset (curate, export, report, status) skip it. A row is superseded when a
-        row lies below it in the tree: found by walking up from every conversation row."""
-        raised = self.get_meta(RAISED_META)
-        if not raised:
+    def start_superseding(self) -> None:
+        """From now on a new output row supersedes the output rows above it in the tree (see
+        ``supersede``): ``--turns`` was raised on a run that has rows."""
+        self.migrate(SUPERSEDED, _SUPERSEDED_MIGRATIONS)
+
+    def superseding(self) -> bool:
+        return self._has_table(SUPERSEDED)
+
+    def supersede(self, node_id: str) -> None:
+        """Record the output rows above ``node_id`` (just made an output row) as superseded.
+
+        Raising ``--turns`` makes a question's row so far (its answer, or the reply of the old
+        last turn) the start of a longer conversation, whose last reply becomes the question's
+        row. The earlier row stays in the store and in instructions.jsonl, which only grow;
+        readers of the dataset (curate, export, report, status) skip it. Recorded as the new
+        row is finished, in its transaction: a walk up its few ancestors."""
+        self._write(_SUPERSEDE, (node_id, node_id))
+
+    def superseded(self) -> bytearray | None:
+        """Superseded output rows as flags by out_seq; None when there are none."""
+        if not self.superseding():
             return None
-        flags = bytearray(self.last_out_seq() + 1)
-        for (out_seq,) in self.db.execute(_SUPERSEDED, (raised,)):
+        rows = self.db.execute(f"SELECT out_seq FROM {SUPERSEDED} ORDER BY out_seq").fetchall()
+        if not rows:
+            return None
+        flags = bytearray(rows[-1][0] + 1)  # a later row is none
+        for (out_seq,) in rows:
             flags[out_seq] = 1
         return flags
 
     def row_count(self) -> int:
         """Rows of the dataset: output rows less the superseded ones."""
-        total = self.db.execute("SELECT COUNT(*) FROM nodes WHERE out_seq IS NOT NULL").fetchone()
-        gone = self.superseded()
-        return total[0] - (sum(gone) if gone is not None else 0)
+        (total,) = self.db.execute(
+            "SELECT COUNT(*) FROM nodes WHERE out_seq IS NOT NULL"
+        ).fetchone()
+        if self.superseding():
+            total -= self.db.execute(f"SELECT COUNT(*) FROM {SUPERSEDED}").fetchone()[0]
+        return int(total)
+
+    def _has_table(self, name: str) -> bool:
+        found = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
 
     def questions_by_id(self, through: int) -> Iterator[tuple[int, str, str]]:
         """(out_seq, id, question) of every output row up to ``through``, by id.
@@ -510,17 +532,27 @@ def call_record(
     }
 
 
-# The rows above conversation rows, up to the place ``RAISED_META`` recorded (rows made after the
-# last raise are of the current --turns): from each reply row up through follow-ups and replies to
-# its answer. Each step is a primary-key lookup.
-_SUPERSEDED = """
-WITH RECURSIVE up(id) AS (
-    SELECT parent_id FROM nodes WHERE kind = 'reply' AND out_seq IS NOT NULL
-    UNION ALL
-    SELECT n.parent_id FROM up JOIN nodes n ON n.id = up.id WHERE n.kind IN ('followup', 'reply')
+SUPERSEDED = "superseded_rows"  # a component of its own (``Store.migrate``): raised runs only
+_SUPERSEDED_MIGRATIONS = [
+    f"""
+    CREATE TABLE {SUPERSEDED} (
+        out_seq INTEGER PRIMARY KEY,  -- the superseded row
+        by_id TEXT NOT NULL  -- the row that supersedes it
+    );
+    """
+]
+# The output rows among a node's ancestors, up to its root (a conversation row at turn 3: six
+# ancestors), each step a primary-key lookup.
+_SUPERSEDE = f"""
+INSERT OR IGNORE INTO {SUPERSEDED} (out_seq, by_id)
+SELECT out_seq, ?2 FROM nodes WHERE out_seq IS NOT NULL AND id IN (
+    WITH RECURSIVE up(id) AS (
+        SELECT parent_id FROM nodes WHERE id = ?1
+        UNION ALL
+        SELECT n.parent_id FROM up JOIN nodes n ON n.id = up.id WHERE n.parent_id IS NOT NULL
+    )
+    SELECT id FROM up
 )
-SELECT DISTINCT n.out_seq FROM up JOIN nodes n ON n.id = up.id
-WHERE n.out_seq IS NOT NULL AND n.out_seq <= ?
 """
 
 _CALL_COLUMNS = (
