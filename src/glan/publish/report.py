@@ -2,7 +2,8 @@
 
 What it shows: pairs per field and discipline (a treemap of the taxonomy, then a bar per
 discipline split into basic and challenging), question and answer lengths, the basic/challenging
-mix, how many of the syllabi's key concepts the questions used, what curation removed and why
+mix, for conversations (``--turns``) the turns per conversation and the follow-up mix, how many of
+the syllabi's key concepts the questions used, what curation removed and why
 (with examples), and tokens and cost per stage.
 
 The page describes the dataset ``glan export`` would write: the curated set when curation has run,

@@ -473,11 +473,12 @@ class Store:
         return row[0] if row else None
 
     def rows_by_root(self) -> dict[str, int]:
-        """Output rows per discipline (root id)."""
+        """Rows per discipline (root id), less superseded ones."""
+        where = "out_seq IS NOT NULL"
+        if self.superseding():
+            where += f" AND out_seq NOT IN (SELECT out_seq FROM {SUPERSEDED})"
         return dict(
-            self.db.execute(
-                "SELECT root, COUNT(*) FROM nodes WHERE out_seq IS NOT NULL GROUP BY root"
-            ).fetchall()
+            self.db.execute(f"SELECT root, COUNT(*) FROM nodes WHERE {where} GROUP BY root")
         )
 
 
