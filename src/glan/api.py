@@ -156,6 +156,7 @@ async def _generate_on_ray(
     state = StateDir(out)
     store = Store.open(state.path)
     try:
+        _check_turns(store, config, out)  # a run with conversations is not continued here
         stats = _begin(store, config, taxonomy)
         async with OpenAIClient.for_settings(config, *endpoint, config.limits()) as client:
             engine = RayEngine(

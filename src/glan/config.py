@@ -127,7 +127,8 @@ class GenerateConfig(BaseModel):
     max_retries: int = Field(default=6, ge=0)
     retry_backoff: float = Field(default=1.0, ge=0)  # seconds; doubles each retry, with jitter
     repair_attempts: int = Field(default=2, ge=0)
-    # provider batch API (--batch): questions and answers at the batch price; see docs/batch.md
+    # provider batch API (--batch): questions and answers (follow-ups and replies too) at the
+    # batch price; see docs/batch.md
     batch: bool = False
     batch_max_requests: int = Field(default=50_000, ge=1)  # per batch (OpenAI's limit)
     batch_max_bytes: int = Field(default=200_000_000, ge=1024)  # per input file (OpenAI: 200 MB)

@@ -134,7 +134,7 @@ RUN_OPTIONS = [
         bool,
         "--batch",
         default=False,
-        help="Send questions and answers through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
+        help="Send questions and answers (and with --turns the follow-ups and replies) through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
     ),
     option(
         "engine",
