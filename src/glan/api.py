@@ -10,12 +10,7 @@ from pathlib import Path
 from glan.config import ConfigError, GenerateConfig, resolve_endpoint
 from glan.costs.estimate import WIDE_STAGES, StageEstimate, estimate
 from glan.costs.prices import PriceTable, StageSpend, spend_by_stage
-from glan.costs.progress import (
-    LABELS,
-    ProgressMode,
-    RunStats,
-    display_for,
-)
+from glan.costs.progress import LABELS, TURN_STAGES, ProgressMode, RunStats, display_for
 from glan.engine.local import Limits, LocalEngine
 from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
@@ -28,7 +23,7 @@ from glan.run.batches import SqliteBatchRecords
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
 from glan.run.lock import run_lock
 from glan.run.parts import StateDir
-from glan.run.store import DB_NAME, Store
+from glan.run.store import DB_NAME, TURNS_META, Store
 from glan.stages.pipeline import Pipeline
 from glan.stages.review import ReviewWorkflow
 from glan.taxonomy import Discipline, Taxonomy
@@ -110,6 +105,7 @@ async def _generate_locally(
     base_url, api_key = endpoint
     store = Store.open(run_dir)
     try:
+        _check_turns(store, config, str(run_dir))
         stats = _begin(store, config, taxonomy)
         output = JsonlOutput(run_dir / OUTPUT_NAME)
         output.open(store)
@@ -154,6 +150,10 @@ async def _generate_on_ray(
     parts in OUT."""
     if config.batch:
         raise ConfigError("--batch and --engine ray do not go together; choose one")
+    if config.turns > 1:
+        raise ConfigError(
+            "--turns above 1 needs --engine local: the Ray engine makes single-turn pairs only"
+        )
     try:
         from glan.engine.ray.driver import RayEngine
     except ImportError:
@@ -161,6 +161,7 @@ async def _generate_on_ray(
     state = StateDir(out)
     store = Store.open(state.path)
     try:
+        _check_turns(store, config, out)  # a run with conversations is not continued here
         stats = _begin(store, config, taxonomy)
         async with OpenAIClient.for_settings(config, *endpoint, config.limits()) as client:
             engine = RayEngine(
@@ -181,7 +182,24 @@ def _begin(store: Store, config: GenerateConfig, taxonomy: Taxonomy) -> RunStats
     return RunStats(
         prices=PriceTable.load(config.prices),
         questions_per_syllabus=config.questions_per_syllabus,
+        turns=config.turns,
     )
+
+
+def _check_turns(store: Store, config: GenerateConfig, where: str) -> None:
+    """``--turns`` only grows on a run. Raised, the rows so far become first turns of longer
+    conversations, whose rows supersede them (``Store.supersede``); lowered, it would leave
+    conversations half made, so it is refused."""
+    before = store.get_meta(TURNS_META) or 1
+    if config.turns < before:
+        raise ConfigError(
+            f"{where} holds conversations of {before} turns; --turns {config.turns} cannot"
+            f" shorten them: pass --turns {before} (or more) to continue it, or use a new --out"
+        )
+    if config.turns > before:
+        if store.last_out_seq():
+            store.start_superseding()
+        store.set_meta(TURNS_META, config.turns)
 
 
 def plan(config: GenerateConfig) -> list[StageEstimate]:
@@ -210,6 +228,8 @@ def _status(run: Run, prices: PriceTable | None) -> RunStatus:
     for stage in [*Pipeline(config).stages.values(), *review]:
         statuses = counts.get(stage.item_kind, {})
         used = spent.get(stage.name, StageSpend())
+        if stage.name in TURN_STAGES and not statuses and not used.calls:
+            continue  # a single-turn run: no conversation stages to show
         stages[stage.name] = StageStatus(
             done=statuses.get("done", 0),
             pending=statuses.get("pending", 0),
@@ -220,10 +240,11 @@ def _status(run: Run, prices: PriceTable | None) -> RunStatus:
             cost=used.cost,
         )
     ordered = {name: stages[name] for name in [*LABELS, *stages] if name in stages}
+    conversations = "reply" in counts  # then rows are the last turns' replies, not answers
     return RunStatus(
         run.where,
         ordered,
-        rows=ordered["answer"].done,
+        rows=run.store.row_count() if conversations else ordered["answer"].done,
         errors=run.errors(),
         removed=_removed_rows(run.store),
         dataset=run.dataset,

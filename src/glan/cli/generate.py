@@ -103,6 +103,11 @@ RUN_OPTIONS = [
         str | None,
         help=f"uniform: each question draws its sessions and key concepts at random (the paper); cover: the ones used least so far, so a syllabus's sessions and concepts are all used before any repeats. {default_is(DEFAULTS.question_sampling)}",
     ),
+    option(
+        "turns",
+        int | None,
+        help=f"User turns per conversation: after the answer, the student asks a follow-up grounded in the syllabus and the teacher replies, until N turns (1: the paper's single question and answer). Raise it on a finished run to ask only the new turns; the follow-up kinds' mix is the config's followup_mix. {default_is(DEFAULTS.turns)}",
+    ),
     option("language", str | None, help="Language of questions and answers, e.g. Korean or ko."),
     option(
         "syllabus_language",
@@ -134,7 +139,7 @@ RUN_OPTIONS = [
         bool,
         "--batch",
         default=False,
-        help="Send questions and answers through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
+        help="Send questions and answers (and with --turns the follow-ups and replies) through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
     ),
     option(
         "engine",

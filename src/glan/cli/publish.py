@@ -36,7 +36,7 @@ EXPORT_OPTIONS = [
         "--format",
         "-f",
         default="messages",
-        help="Layout of each row: messages (chat messages, as TRL and OpenAI fine-tuning read), sharegpt (conversations with from/value) or alpaca (instruction/input/output). Lineage columns are kept in every layout.",
+        help="Layout of each row: messages (chat messages, as TRL and OpenAI fine-tuning read), sharegpt (conversations with from/value) or alpaca (instruction/input/output; of a multi-turn conversation, its first turn only). Lineage columns are kept in every layout.",
     ),
     option(
         "to",
@@ -138,6 +138,12 @@ def _print_export(result: ExportResult) -> None:
         err.print(
             f"[yellow]warning:[/yellow] {result.uncurated:,} pairs generated after the last"
             " curation were left out; run glan curate again to include them"
+        )
+    if result.first_turn_only:
+        err.print(
+            f"[yellow]note:[/yellow] alpaca has no turns: {result.first_turn_only:,} conversations"
+            " were exported as their first question and answer only; --format messages or"
+            " sharegpt keeps every turn"
         )
     if result.test_only:
         names = ", ".join(result.test_only[:5]) + (" ..." if len(result.test_only) > 5 else "")

@@ -8,7 +8,7 @@ listed in ``Assumptions`` so they can be argued with.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from glan.config import GenerateConfig
@@ -21,7 +21,7 @@ from glan.stages.pipeline import Pipeline
 from glan.stages.review import ReviewWorkflow
 from glan.taxonomy import Discipline
 
-WIDE_STAGES = ("question", "answer", "judge", "verify")  # the stages a batch API takes
+WIDE_STAGES = ("question", "answer", "followup", "reply", "judge", "verify")  # batchable
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Assumptions:
             "answer": 600,
             "judge": 200,
             "final_answer": 30,
+            "followup": 120,
+            "reply": 500,
         }
     )
 
@@ -73,6 +75,8 @@ def estimate(
     questions = subjects * config.questions_per_syllabus
     items = {"subjects": queries, "syllabus": subjects, "question": questions, "answer": questions}
     items.update(judge=questions, verify=questions)
+    # a conversation of N turns: N - 1 follow-ups, each with its reply
+    items["followup"] = items["reply"] = questions * (config.turns - 1)
 
     estimates = []
     per_item = _per_item(pipeline, disciplines, a) | _per_review(config, a)
@@ -128,6 +132,7 @@ def _per_item(
     answer = stages["question"].expand(question)[0].as_item()
     single = pipeline.config.single_turn
     syllabus_prompt = _tokens(stages["subject"].request(subject, discipline))
+    turns = _turns(pipeline, subject, question, answer, a) if pipeline.config.turns > 1 else {}
     return {
         "subjects": _two_turns(stages["subject_query"], subjects_prompt, out, "subjects", single),
         "syllabus": _two_turns(stages["subject"], syllabus_prompt, out, "syllabus", single),
@@ -137,6 +142,7 @@ def _per_item(
             1,
             out["answer"],
         ),
+        **turns,
     }
 
 
@@ -167,6 +173,47 @@ def _per_review(config: GenerateConfig, a: Assumptions) -> dict[str, tuple[int, 
             out["final_answer"] + n * (out["answer"] + out["final_answer"]),
         )
     return review
+
+
+def _turns(
+    pipeline: Pipeline, subject: Item, question: Item, answer: Item, a: Assumptions
+) -> dict[str, tuple[int, int, int]]:
+    """(tokens in, calls, tokens out) of a typical follow-up and reply, the mean over turns 2
+    to N: each prompt carries the conversation so far, which grows by a follow-up and a reply
+    each turn."""
+    out = a.tokens_out
+    first = answer.done(
+        {
+            "id": answer.id,
+            "messages": [
+                {"role": "user", "content": _text(out["question"])},
+                {"role": "assistant", "content": _text(out["answer"])},
+            ],
+            "meta": dict(question.data),
+        }
+    )
+    followups = pipeline.children(first)
+    followup = replace(followups[0].as_item(), context=subject)
+    asked = followup.done({"question": _text(out["followup"]), "kind": "clarify"})
+    reply = replace(pipeline.children(asked)[0].as_item(), context=first)
+    growth = (out["followup"] + out["reply"]) * (pipeline.config.turns - 2) // 2
+    return {
+        "followup": (
+            _tokens(pipeline.stages["followup"].request(followup, first)) + growth,
+            1,
+            out["followup"],
+        ),
+        "reply": (
+            _tokens(pipeline.stages["reply"].request(reply, asked)) + growth,
+            1,
+            out["reply"],
+        ),
+    }
+
+
+def _text(tokens: int) -> str:
+    """A text of about ``tokens`` tokens (four characters each), to size prompts with."""
+    return ("lorem " * tokens)[: 4 * tokens]
 
 
 def _two_turns(

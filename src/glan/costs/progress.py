@@ -30,7 +30,10 @@ LABELS = {
     "syllabus": "syllabi",
     "question": "questions",
     "answer": "answers",
+    "followup": "follow-ups",
+    "reply": "replies",
 }
+TURN_STAGES = ("followup", "reply")  # only conversations (--turns > 1) have these
 
 
 @dataclass
@@ -48,6 +51,7 @@ class StageStats:
 class RunStats:
     prices: PriceTable = field(default_factory=PriceTable)
     questions_per_syllabus: int = 0
+    turns: int = 1
     stages: dict[str, StageStats] = field(
         default_factory=lambda: {name: StageStats() for name in LABELS}
     )
@@ -85,8 +89,17 @@ class RunStats:
         totals = {name: stats.total for name, stats in s.items()}
         if {"syllabus", "question", "answer"} <= s.keys():
             questions = max(s["question"].total, s["syllabus"].total * self.questions_per_syllabus)
-            totals.update(question=questions, answer=max(s["answer"].total, questions))
+            answers = max(s["answer"].total, questions)
+            totals.update(question=questions, answer=answers)
+            if {"followup", "reply"} <= s.keys():
+                # each answer opens a conversation of turns - 1 follow-ups, each with a reply
+                followups = max(s["followup"].total, answers * (self.turns - 1))
+                totals.update(followup=followups, reply=max(s["reply"].total, followups))
         return totals
+
+    def shown(self) -> list[str]:
+        """The stages a display shows: a single-turn run has no follow-ups or replies."""
+        return [name for name in self.stages if self.turns > 1 or name not in TURN_STAGES]
 
     @property
     def requests(self) -> int:
@@ -111,7 +124,7 @@ class LiveProgress:
     def __init__(self, stats: RunStats, console: Console | None = None) -> None:
         self.stats = stats
         self.progress = Progress(
-            TextColumn("[bold]{task.description:>9}"),
+            TextColumn("[bold]{task.description:>10}"),
             BarColumn(),
             MofNCompleteColumn(),
             _Rate(),
@@ -127,14 +140,15 @@ class LiveProgress:
         self.tasks: dict[str, TaskID] = {}
 
     def start(self) -> None:
-        for name in self.stats.stages:
+        for name in self.stats.shown():
             label = LABELS.get(name, name)
             self.tasks[name] = self.progress.add_task(label, total=None, failed="", tokens="")
         self.progress.start()
 
     def refresh(self) -> None:
         totals = self.stats.projected_totals()
-        for name, stats in self.stats.stages.items():
+        for name in self.stats.shown():
+            stats = self.stats.stages[name]
             self.progress.update(
                 self.tasks[name],
                 total=totals[name] or None,
@@ -169,7 +183,8 @@ class LogProgress:
     def line(self) -> None:
         parts = []
         totals = self.stats.projected_totals()
-        for name, stats in self.stats.stages.items():
+        for name in self.stats.shown():
+            stats = self.stats.stages[name]
             failed = f" ({stats.failed} failed)" if stats.failed else ""
             parts.append(f"{LABELS.get(name, name)} {stats.done}/{totals[name]}{failed}")
         tokens_in, tokens_out = self.stats.tokens

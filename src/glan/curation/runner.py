@@ -7,6 +7,12 @@ Each pair is judged by the first rule that removes it, in this order:
    ``wrong_language``;
 3. ``exact_duplicate`` then ``near_duplicate`` of a pair kept earlier.
 
+A conversation (``--turns`` above 1) is screened turn by turn: a benchmark n-gram in any of its
+user turns, or a quality filter failing any turn (a refusal or a cut-off reply in turn 3), removes
+the whole conversation, and the finding names the turn. ``answer_leak`` judges the first turn
+only: a follow-up that shows the student's own attempt is meant to be quoted by the reply. Dedup
+compares conversations by their first question.
+
 Dedup comes last so that a group of duplicates keeps its first *good* pair: had the first one been
 a refusal, dedup-first would have removed its duplicates and then the refusal itself, losing the
 question altogether. Pairs are visited by id (the order of a stable hash), not by arrival, so the
@@ -77,6 +83,7 @@ _POOL_MIN_ROWS = 20_000  # below this, starting worker processes costs more than
 _DEDUP_BATCH = 1024  # questions whose MinHashes are computed together
 # What the filters read of a row's meta (the rest of it is not sent to the workers).
 _SCREEN_META = ("truncated", "language")
+FIRST_TURN_ONLY = frozenset({"answer_leak"})  # filters that judge a conversation's first turn
 
 Progress = Callable[[int, int], None]  # (pairs seen, pairs removed)
 
@@ -126,30 +133,36 @@ class Screener:
         self.filters = build_filters(config)
 
     def screen(
-        self, question: str, answer: str, meta: dict[str, Any]
+        self, turns: list[tuple[str, str]], meta: dict[str, Any]
     ) -> tuple[str, dict[str, Any]] | None:
-        pair = Pair(question, answer, meta)
+        """A conversation's turns (question, answer), each checked: a refusal in turn 3 counts."""
+        pairs = [Pair(question, answer, meta) for question, answer in turns]
         if self.benchmarks is not None:
-            leak = self.benchmarks.match_words(pair.question_words)
-            if leak is not None:
-                return "decontaminated", leak.as_dict()
-        for check in self.filters:
-            found = check.judge(pair)
-            if found is not None:
-                return check.reason, found
+            for number, pair in enumerate(pairs, 1):
+                leak = self.benchmarks.match_words(pair.question_words)
+                if leak is not None:
+                    return "decontaminated", _in_turn(leak.as_dict(), number)
+        for number, pair in enumerate(pairs, 1):
+            for check in self.filters:
+                if number > 1 and check.reason in FIRST_TURN_ONLY:
+                    continue
+                found = check.judge(pair)
+                if found is not None:
+                    return check.reason, _in_turn(found, number)
         return None
 
-    def screen_chunk(self, chunk: list[tuple[str, str, dict[str, Any]]]) -> list[Verdict]:
+    def screen_chunk(self, chunk: list[Screened]) -> list[Verdict]:
         """(position in the chunk, reason, found) of each pair of the chunk that should go."""
         verdicts = []
-        for i, (question, answer, meta) in enumerate(chunk):
-            verdict = self.screen(question, answer, meta)
+        for i, (turns, meta) in enumerate(chunk):
+            verdict = self.screen(turns, meta)
             if verdict is not None:
                 verdicts.append((i, *verdict))
         return verdicts
 
 
-Verdict = tuple[int, str, dict[str, Any]]
+Verdict = tuple[int, str, dict[str, Any]]  # (position in the chunk, reason, what it found)
+Screened = tuple[list[tuple[str, str]], dict[str, Any]]  # a row's turns and the meta screened
 
 
 class Curator:
@@ -181,8 +194,7 @@ class Curator:
     def screen(self, row: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         """Why the pair should go on its own merits (a benchmark leak, a quality filter), or
         None: a verdict that needs no other row, so rows may come in any order."""
-        question, answer = _pair(row)
-        found = self.screener.screen(question, answer, row.get("meta") or {})
+        found = self.screener.screen(_turns(row), row.get("meta") or {})
         return found if found is not None else self.reviewed(row["id"])
 
     def reviewed(self, row_id: str) -> tuple[str, dict[str, Any]] | None:
@@ -390,15 +402,14 @@ def screen(
 
 def _screen_items(
     run: Run, through: int, tally: _Tally
-) -> Iterator[tuple[int, str, str, str, dict[str, Any]]]:
-    """(seq, id, question, answer, meta the filters read) of each row up to ``through``."""
+) -> Iterator[tuple[int, str, list[tuple[str, str]], dict[str, Any]]]:
+    """(seq, id, turns, meta the filters read) of each row up to ``through``."""
     for seq, row in run.rows():
         if seq > through:
             break
         tally.see()
-        question, answer = _pair(row)
         meta = row.get("meta") or {}
-        yield seq, row["id"], question, answer, {k: meta[k] for k in _SCREEN_META if k in meta}
+        yield seq, row["id"], _turns(row), {k: meta[k] for k in _SCREEN_META if k in meta}
 
 
 def _removals(
@@ -435,7 +446,7 @@ def _start_worker(config: dict[str, Any]) -> None:
     _worker_screener = Screener(CurateConfig.model_validate(config))
 
 
-def _screen_in_worker(chunk: list[tuple[str, str, dict[str, Any]]]) -> list[Verdict]:
+def _screen_in_worker(chunk: list[Screened]) -> list[Verdict]:
     assert _worker_screener is not None
     return _worker_screener.screen_chunk(chunk)
 
@@ -468,15 +479,22 @@ class _Tally:
             self.progress(self.seen, self.removed)
 
 
-def _pair(row: dict[str, Any]) -> tuple[str, str]:
-    question = answer = ""
+def _turns(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(question, answer) of each turn: a user message and the assistant's reply after it (""
+    when there is none). A row with no user message has one empty turn."""
+    turns: list[tuple[str, str]] = []
     for message in row.get("messages") or []:
         content = message.get("content") or ""
-        if message.get("role") == "user" and not question:
-            question = content
-        elif message.get("role") == "assistant" and not answer:
-            answer = content
-    return question, answer
+        if message.get("role") == "user":
+            turns.append((content, ""))
+        elif message.get("role") == "assistant" and turns and not turns[-1][1]:
+            turns[-1] = (turns[-1][0], content)
+    return turns or [("", "")]
+
+
+def _in_turn(found: dict[str, Any], number: int) -> dict[str, Any]:
+    """A finding, with the turn it is in when that is not the first."""
+    return found if number == 1 else {**found, "turn": number}
 
 
 def _reviews(run: Run, config: CurateConfig) -> dict[str, Review]:

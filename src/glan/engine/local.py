@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from glan.costs.progress import RunStats
@@ -98,6 +98,7 @@ class LocalEngine:
         self._in_flight: Counter[str] = Counter()  # running tasks by kind
         gathered = workflow.gathered[0] if workflow.gathered else ()
         self._gathered = {gathered} if isinstance(gathered, str) else set(gathered)
+        self._superseding = False
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class LocalEngine:
             self.store.set_meta(self.pipeline.signature_key, signature)
         self.store.commit()
         self._fresh_after = self.store.last_rowid()
+        self._superseding = self.store.superseding()  # rows may replace earlier rows
         for kind, statuses in self.store.counts(active_only=True).items():
             name = self._stage_name(kind)
             if name is not None:
@@ -233,12 +235,19 @@ class LocalEngine:
             self.prompts,
             fresh=fresh,
         )
-        outcome = await attempt(stage, node, self._parent(node), teacher)
+        parent = self._parent(node)
+        context = self.pipeline.context(node, self._item)
+        if context is not None:
+            node = replace(node, context=context)
+        outcome = await attempt(stage, node, parent, teacher)
         if outcome.error is not None:
             self.store.fail(node, outcome.error)
             stats.failed += 1
             return
-        stored = self.store.finish(node, outcome.result, output=stage.output)
+        row = self.pipeline.is_row(node)
+        stored = self.store.finish(node, outcome.result, output=row)
+        if row and self._superseding:
+            self.store.supersede(node.id)
         done = node.done(outcome.result)
         children = self._children(done)
         if children:
@@ -246,7 +255,7 @@ class LocalEngine:
         self._add(children)
         if stage.item_kind in self._gathered and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
-        if stage.output and self.output is not None:
+        if row and self.output is not None:
             output = self.output
             self.store.after_commit(lambda: output.write_json(stored))
         # No need to wait for this commit: children are read from the same connection, and
@@ -274,14 +283,18 @@ class LocalEngine:
     def _parent(self, node: Item) -> Item:
         if node.parent_id is None:  # a root: what it is asked from is in its own data
             return node
-        parent = self._parents.get(node.parent_id)
-        if parent is None:
-            parent = self.store.get(node.parent_id)
-            assert parent is not None, f"item {node.id} has no parent {node.parent_id}"
-            self._remember_parent(parent)
+        return self._item(node.parent_id, child=node.id)
+
+    def _item(self, item_id: str, child: str | None = None) -> Item:
+        """An item that others are asked from (a parent, a context), kept in a small cache."""
+        item = self._parents.get(item_id)
+        if item is None:
+            item = self.store.get(item_id)
+            assert item is not None, f"item {child or '?'} needs {item_id}, which is not stored"
+            self._remember_parent(item)
         else:
-            self._parents.move_to_end(node.parent_id)
-        return parent
+            self._parents.move_to_end(item_id)
+        return item
 
     def _remember_parent(self, node: Item) -> None:
         self._parents[node.id] = node

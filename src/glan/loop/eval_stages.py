@@ -19,7 +19,7 @@ from glan.ids import stable_id, stable_int
 from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest
 from glan.prompts import Prompts
-from glan.stages.base import Teacher, user
+from glan.stages.base import FlatWorkflow, Teacher, user
 
 ORDERS = ("ab", "ba")
 
@@ -100,11 +100,9 @@ class PairwiseJudgeStage:
         return []
 
 
-class EvalWorkflow:
+class EvalWorkflow(FlatWorkflow):
     """A ``Workflow`` (stages/base.py): both candidates, then the judge in both orders."""
 
-    upstream: tuple[str, ...] = ()
-    regrow: tuple[str, ...] = ()
     gathered = (("eval_a", "eval_b"), "eval_question")
     signature_key = "expansion:eval"
 
@@ -129,9 +127,6 @@ class EvalWorkflow:
             yield NewItem(question, "eval_question", None, self.root, seq, data, status="done")
             for index, kind in enumerate(("eval_a", "eval_b")):
                 yield NewItem(stable_id(question, kind), kind, question, self.root, index, {})
-
-    def children(self, node: Item) -> list[NewItem]:
-        return []
 
     def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]:
         """Both answers in: the two judgements, one per order."""

@@ -1,7 +1,8 @@
 """``glan export``: the dataset in the layout a trainer reads, with a held-out test split.
 
 Layouts (``format``): chat ``messages`` (OpenAI/TRL style), ``sharegpt`` (``conversations`` with
-``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``). Every layout keeps the
+``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``; of a conversation, the
+first turn only, counted in ``first_turn_only``). Every layout keeps the
 lineage columns (field, discipline, subject, level, sessions, key concepts, models, seed, ...) flat
 beside the text, so a trainer can filter or weight by them.
 
@@ -39,6 +40,7 @@ from glan.publish.layouts import (
     LAYOUTS,
     arrow_schema,
     review_columns,
+    user_turns,
     with_majority_answer,
 )
 from glan.publish.writers import JsonlWriter, ParquetWriter, RecordWriter, ShardedWriter
@@ -68,6 +70,8 @@ class ExportResult:
     test_only: list[str] = field(default_factory=list)  # disciplines with no pairs left to train
     pushed_to: str | None = None
     majority_answers: int = 0  # answers swapped for the majority's (--majority-answers)
+    # conversations (--turns > 1) that Alpaca, which has no turns, took the first turn of
+    first_turn_only: int = 0
 
     @property
     def rows(self) -> int:
@@ -152,6 +156,7 @@ def export(
         found = reviews(run.store)
         record = _records(format, found, majority_answers)
         files = _write_splits(rows, scratch, record, to, shard_size, splits, test_ids)
+        result.first_turn_only = record.cut
         result.splits = splits
         result.majority_answers = record.swapped
         if to == "hf":
@@ -225,12 +230,16 @@ class _Records:
 
     def __init__(self, layout: str, found: dict[str, Review], majority: bool) -> None:
         self.make = LAYOUTS[layout]
+        self.first_turn_only = layout == "alpaca"  # Alpaca has no turns: it takes the first
+        self.cut = 0  # conversations cut to their first turn
         self.schema = lambda: arrow_schema(layout, reviewed=bool(found))
         self.found = found
         self.majority = majority
         self.swapped = 0
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if self.first_turn_only and user_turns(row) > 1:
+            self.cut += 1
         if not self.found:
             return self.make(row)
         review = self.found.get(row["id"])

@@ -1,6 +1,10 @@
 """The layouts a trainer reads: chat ``messages`` (OpenAI/TRL style), ``sharegpt``
 (``conversations`` with ``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``),
-each with the row's lineage as flat, typed columns beside the text."""
+each with the row's lineage as flat, typed columns beside the text.
+
+Conversations (``--turns`` above 1) keep every turn in ``messages`` and ``sharegpt`` (human and
+gpt alternate); Alpaca has no turns, so it takes a conversation's first turn (question and answer)
+and the export says how many conversations it cut so (``ExportResult.first_turn_only``)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from glan.stages.review import Review
 
 FORMATS = ("messages", "sharegpt", "alpaca")
 LINEAGE = META_KEYS  # every meta key becomes a column
-_LISTS = ("sessions", "key_concepts")
+_LISTS = ("sessions", "key_concepts", "followup_kinds")
 _SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
 
 
@@ -31,6 +35,8 @@ def lineage(row: dict[str, Any]) -> dict[str, Any]:
             values[key] = bool(value)
         elif key == "seed":
             values[key] = None if value is None else int(value)
+        elif key == "turns":  # a row without it is a single question and answer
+            values[key] = 1 if value is None else int(value)
         else:
             values[key] = "" if value is None else str(value)
     return values
@@ -60,6 +66,7 @@ def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_alpaca(row: dict[str, Any]) -> dict[str, Any]:
+    """The first turn only: Alpaca has no place for more (see ``user_turns``)."""
     messages = _messages(row)
     return {
         "id": row["id"],
@@ -68,6 +75,10 @@ def to_alpaca(row: dict[str, Any]) -> dict[str, Any]:
         "output": _content(messages, "assistant"),
         **lineage(row),
     }
+
+
+def user_turns(row: dict[str, Any]) -> int:
+    return sum(1 for m in row.get("messages") or [] if m.get("role") == "user")
 
 
 LAYOUTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -123,8 +134,8 @@ def arrow_schema(layout: str, *, reviewed: bool = False) -> Any:
             pa.field("output", text),
         ],
     }[layout]
-    types = {"sessions": pa.list_(text), "key_concepts": pa.list_(text), "seed": pa.int64()}
-    types["truncated"] = pa.bool_()
+    types = {name: pa.list_(text) for name in _LISTS}
+    types.update(seed=pa.int64(), turns=pa.int64(), truncated=pa.bool_())
     columns = [pa.field(name, types.get(name, text)) for name in LINEAGE]
     if reviewed:
         types.update(judge_score=pa.int64(), agreement=pa.float64(), majority_answer=pa.bool_())

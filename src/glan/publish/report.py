@@ -2,7 +2,8 @@
 
 What it shows: pairs per field and discipline (a treemap of the taxonomy, then a bar per
 discipline split into basic and challenging), question and answer lengths, the basic/challenging
-mix, how many of the syllabi's key concepts the questions used, what curation removed and why
+mix, for conversations (``--turns``) the turns per conversation and the follow-up mix, how many of
+the syllabi's key concepts the questions used, what curation removed and why
 (with examples), and tokens and cost per stage.
 
 The page describes the dataset ``glan export`` would write: the curated set when curation has run,
@@ -39,6 +40,15 @@ _REASON_TEXT = {
     "near_duplicate": "near-duplicate question (MinHash LSH, Jaccard checked)",
     "low_score": "the judge scored it below --min-score",
     "contradicted": "most extra answers reach another final answer",
+}
+
+
+_FOLLOWUP_TEXT = {
+    "clarify": "a step of the reply explained",
+    "variant": "the problem again with changed data",
+    "next_step": "the next step",
+    "later_session": "how it links to a later session",
+    "check_attempt": "the student's own attempt checked",
 }
 
 
@@ -121,6 +131,11 @@ def render(data: ReportData, figures: Figures) -> str:
         figure_tokens=_markup(figures.tokens(data.usage)) if data.usage else None,
         matched=_matched_text,
         review=sorted(data.review.values(), key=lambda r: (r.mean_score or 11, r.name)),
+        conversations=sum(n for turns, n in data.turns.items() if turns > 1),
+        turn_counts=sorted(data.turns.items()),
+        followup_mix=data.followup_kinds.most_common(),
+        followups=sum(data.followup_kinds.values()),
+        followup_text=_FOLLOWUP_TEXT,
     )
 
 

@@ -16,7 +16,7 @@ from glan.run import Run, open_run
 from glan.run.curation import CuratedRows, CurationLog, CurationRun
 from glan.stages.review import reviews
 
-STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer")
+STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer", "followup", "reply")
 _EXAMPLES = 5  # removals shown per reason
 _EXCERPT = 220
 
@@ -77,6 +77,8 @@ class ReportData:
     lowest: list[dict[str, Any]] = field(default_factory=list)  # the lowest-scored pairs
     subjects: list[SubjectCoverage] = field(default_factory=list)  # sessions, concepts used
     evals: list[EvalResult] = field(default_factory=list)  # GLAN-Test comparisons (glan eval)
+    turns: Counter[int] = field(default_factory=Counter)  # rows by user turns
+    followup_kinds: Counter[str] = field(default_factory=Counter)  # every follow-up, by kind
 
     @property
     def pairs(self) -> int:
@@ -100,6 +102,8 @@ def gather(run_dir: str | Path) -> ReportData:
         _add_syllabi(run.store, disciplines)
         questions: dict[str, array[int]] = defaultdict(lambda: array("I"))
         answers: dict[str, array[int]] = defaultdict(lambda: array("I"))
+        turns: Counter[int] = Counter()
+        followups: Counter[str] = Counter()
         for row in rows:
             meta = row.get("meta") or {}
             discipline = _discipline(disciplines, meta)
@@ -108,8 +112,11 @@ def gather(run_dir: str | Path) -> ReportData:
             for concept in meta.get("key_concepts") or []:
                 discipline.used.add(_concept_key(meta.get("subject"), meta.get("level"), concept))
             messages = row.get("messages") or [{}, {}]
+            # of a conversation, the first turn: the question and its answer
             questions[kind].append(len(str(messages[0].get("content") or "")))
-            answers[kind].append(len(str(messages[-1].get("content") or "")))
+            answers[kind].append(len(str(messages[min(1, len(messages) - 1)].get("content") or "")))
+            turns[int(meta.get("turns") or 1)] += 1
+            followups.update(str(k) for k in meta.get("followup_kinds") or [])
         examples, hits = _removals(run, rows.curation)
         spent = spend_by_stage(run.usage())
         return ReportData(
@@ -131,6 +138,8 @@ def gather(run_dir: str | Path) -> ReportData:
             **_review(run.store),
             subjects=coverage(run),
             evals=every_result(run),
+            turns=turns,
+            followup_kinds=followups,
         )
     finally:
         run.close()

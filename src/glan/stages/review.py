@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from glan.config import GenerateConfig
 from glan.ids import stable_id
 from glan.items import Item, NewItem
+from glan.stages.base import FlatWorkflow
 from glan.stages.judge import JudgeStage
 from glan.stages.verify import Agreement, SampleStage, agreement
 
@@ -24,12 +25,9 @@ ROOT = "review"  # the root of every review item: apart from the pipeline's disc
 _LINEAGE = ("field", "discipline", "subject", "level", "sessions", "key_concepts", "question_type")
 
 
-class ReviewWorkflow:
+class ReviewWorkflow(FlatWorkflow):
     """A ``Workflow`` (see stages/base.py) of the two review stages."""
 
-    upstream: tuple[str, ...] = ()
-    regrow: tuple[str, ...] = ()
-    gathered = None
     signature_key = "expansion:review"
 
     def __init__(self, config: GenerateConfig) -> None:
@@ -79,12 +77,6 @@ class ReviewWorkflow:
                         index,
                         {"index": index},
                     )
-
-    def children(self, node: Item) -> list[NewItem]:
-        return []
-
-    def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]:
-        return []
 
     def expansion_signature(self) -> str:
         return ROOT

@@ -4,7 +4,8 @@ The server runs on its own event loop in a background thread, so synchronous tes
 and subprocesses can all reach it over real HTTP. A reply is a pure function of the seed and
 the canonical JSON of the request body; structured requests get documents that validate against
 their JSON Schema. Faults (429, 5xx, timeouts, dropped connections, broken or truncated replies)
-can be scripted, drawn at random rates, or pinned to requests that contain a given text.
+can be scripted, drawn at random rates, or pinned to requests that contain a given text; so can a
+canned reply (``reply_with``: a refusal, say).
 
 Standalone: ``python -m glan.testing.fake_teacher --port 8000 --latency 0.5``.
 """
@@ -741,8 +742,8 @@ class FakeTeacher:
         return sum(substring in _canonical(body).decode() for body in self.requests)
 
     def reset(self) -> None:
-        """Forget recorded requests (batch API recordings too), scripts, rates and always_fail
-        rules; settings stay."""
+        """Forget recorded requests (batch API recordings too), scripts, rates, always_fail rules
+        and canned replies; settings stay."""
         with self._lock:
             self._bodies.clear()
             self._replies.clear()
@@ -775,8 +776,11 @@ class FakeTeacher:
                 "type": "invalid_request_error",
             }
             return 400, {"error": error}
-        digest = _digest(settings.seed, _canonical(body))
-        reply = _compose(body, digest, enforce_schema=settings.mode == "honour")
+        canonical = _canonical(body)
+        digest = _digest(settings.seed, canonical)
+        reply = self._reply_for(canonical.decode(), body) or _compose(
+            body, digest, enforce_schema=settings.mode == "honour"
+        )
         return 200, _completion(body, reply, digest)
 
     async def _models(self, request: web.Request) -> web.Response:
