@@ -240,7 +240,7 @@ def run_config(options: dict[str, Any]) -> GenerateConfig:
         language=options.get("language"), syllabus_language=options.get("syllabus_language")
     )
     values = {name: value for name, value in options.items() if name not in ("out", "config")}
-    values["disciplines"] = comma_list(values.get("disciplines")) or None
+    values["disciplines"] = disciplines_option(values.get("disciplines"))
     ray = {"address": values.pop("ray_address", None), "workers": values.pop("ray_workers", None)}
     # An unset switch must not override the config file: only True counts.
     config = GenerateConfig.load(
@@ -252,6 +252,21 @@ def run_config(options: dict[str, Any]) -> GenerateConfig:
         dumped["ray"].update(ray)
         config = GenerateConfig.load(None, **dumped, api_key=config.api_key)
     return config
+
+
+def disciplines_option(value: str | None) -> list[str] | None:
+    """``--disciplines``: None when not given (the config's, else the whole taxonomy). Given but
+    empty (``--disciplines "$UNSET"``) is an error: it once meant the whole taxonomy."""
+    if value is None:
+        return None
+    names = comma_list(value)
+    if not names:
+        raise ConfigError(
+            f"--disciplines is {'empty' if not value else f'blank ({value!r})'}: name disciplines,"
+            " fields or 'Field > Sub > Discipline' paths, comma-separated, or leave the option out"
+            " for the whole taxonomy"
+        )
+    return names
 
 
 def print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = False) -> None:
