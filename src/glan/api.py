@@ -38,6 +38,11 @@ class StageStatus:
     tokens_in: int
     tokens_out: int
     cost: float
+    tokens_cached: int = 0  # of tokens_in, read from the provider's prefix cache
+
+    @property
+    def cached_share(self) -> float:
+        return self.tokens_cached / self.tokens_in if self.tokens_in else 0.0
 
 
 @dataclass
@@ -61,6 +66,13 @@ class RunStatus:
     @property
     def cost(self) -> float:
         return sum(s.cost for s in self.stages.values())
+
+    @property
+    def cached_share(self) -> float:
+        """The share of all prompt tokens the provider read from its prefix cache."""
+        tokens_in = sum(s.tokens_in for s in self.stages.values())
+        cached = sum(s.tokens_cached for s in self.stages.values())
+        return cached / tokens_in if tokens_in else 0.0
 
 
 def generate(
@@ -206,6 +218,7 @@ def _status(run: Run, prices: PriceTable | None) -> RunStatus:
             tokens_in=used.tokens_in,
             tokens_out=used.tokens_out,
             cost=used.cost,
+            tokens_cached=used.tokens_cached,
         )
     ordered = {name: stages[name] for name in LABELS}
     return RunStatus(

@@ -279,13 +279,32 @@ def print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = Fa
         err.print(f"plan: {calls:,} calls{cost} (glan estimate shows the details)")
         return
     table = Table(title="plan")
-    for column in ("stage", "model", "calls", "tokens in", "tokens out", "online $", "batch $"):
+    columns = (
+        "stage",
+        "model",
+        "calls",
+        "tokens in",
+        "cached",
+        "tokens out",
+        "online $",
+        "batch $",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "model") else "right")
     for s in plan:
-        amounts = (f"{s.calls:,}", f"{s.tokens_in:,}", f"{s.tokens_out:,}")
+        amounts = (f"{s.calls:,}", f"{s.tokens_in:,}", f"{s.cached_share:.0%}", f"{s.tokens_out:,}")
         table.add_row(s.stage, s.model, *amounts, _usd(s.cost), _usd(s.batch_cost))
-    table.add_row("total", "", f"{calls:,}", "", "", _usd(online), _usd(batch))
-    Console().print(table)
+    tokens_in = sum(s.tokens_in for s in plan)
+    cached = sum(s.tokens_cached for s in plan) / tokens_in if tokens_in else 0.0
+    table.add_row("total", "", f"{calls:,}", "", f"{cached:.0%}", "", _usd(online), _usd(batch))
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: no need to squeeze the table into 80
+        console.width = max(console.width, 110)
+    console.print(table)
+    print(
+        "cached: the share of tokens in expected from the provider's prefix cache, billed at"
+        " the cached rate (assumed: half of each prefix of 1,024+ tokens a request repeats)"
+    )
     if online is None:
         print("n/a: a model missing from the price table (add it with --prices FILE)")
 

@@ -66,6 +66,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
     """,
+    # 2: prompt tokens the server read from its prefix cache (0: none, or not reported)
+    """
+    ALTER TABLE calls ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -240,15 +244,23 @@ class Store:
 
     def cached_call(self, key: str) -> ChatResponse | None:
         row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model, batch"
-            " FROM calls WHERE key = ?",
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model, batch,"
+            " cached_tokens FROM calls WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        text, finish_reason, tokens_in, tokens_out, latency, model, batch = row
+        text, finish_reason, tokens_in, tokens_out, latency, model, batch, tokens_cached = row
         return ChatResponse(
-            text, finish_reason, tokens_in, tokens_out, latency, model, bool(batch), cached=True
+            text,
+            finish_reason,
+            tokens_in,
+            tokens_out,
+            latency,
+            model,
+            bool(batch),
+            cached=True,
+            cached_tokens=tokens_cached,
         )
 
     def save_call(
@@ -257,13 +269,14 @@ class Store:
         record = call_record(request, response, node_id=node_id, stage=stage)
         self._write(_INSERT_CALL, record.values())
 
-    def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
-        """(stage, model, batch, calls, tokens in, tokens out) of every paid-for reply."""
+    def usage(self) -> list[tuple[str, str, bool, int, int, int, int]]:
+        """(stage, model, batch, calls, tokens in, tokens out, cached tokens in) of every paid-for
+        reply."""
         return [
-            (stage, model, bool(batch), calls, tokens_in or 0, tokens_out or 0)
-            for stage, model, batch, calls, tokens_in, tokens_out in self.db.execute(
-                "SELECT stage, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
-                " FROM calls GROUP BY stage, model, batch"
+            (stage, model, bool(batch), calls, tokens_in or 0, tokens_out or 0, cached or 0)
+            for stage, model, batch, calls, tokens_in, tokens_out, cached in self.db.execute(
+                "SELECT stage, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
+                " SUM(cached_tokens) FROM calls GROUP BY stage, model, batch"
             )
         ]
 
@@ -481,14 +494,15 @@ def call_record(
         "latency": response.latency,
         "batch": response.batch,
         "created_at": time.time(),
+        "cached_tokens": response.cached_tokens,
     }
 
 
 _CALL_COLUMNS = (
     "key, node_id, stage, model, request, text, finish_reason, prompt_tokens,"
-    " completion_tokens, latency, batch, created_at"
+    " completion_tokens, latency, batch, created_at, cached_tokens"
 )
-_INSERT_CALL = f"INSERT OR REPLACE INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+_INSERT_CALL = f"INSERT OR REPLACE INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 13)})"
 _COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempts"
 _NODE_SELECT = f"SELECT {_COLUMNS} FROM nodes"
 

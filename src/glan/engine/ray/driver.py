@@ -210,6 +210,7 @@ class RayEngine:
                 stats.failed = counted.failed
             stats.requests = counted.requests
             stats.tokens_in, stats.tokens_out = counted.tokens_in, counted.tokens_out
+            stats.tokens_cached = counted.tokens_cached
             stats.cost = counted.cost
 
 

@@ -79,13 +79,17 @@ class Meter:
         self._limiter(model).learn(headers)
 
     def finished(
-        self, stage: str, done: int, failed: int, usage: list[tuple[str, str, bool, int, int, int]]
+        self,
+        stage: str,
+        done: int,
+        failed: int,
+        usage: list[tuple[str, str, bool, int, int, int, int]],
     ) -> None:
         """A worker's batch: items done and failed, and the replies paid for on the way."""
         self.stats.stages[stage].done += done
         self.stats.stages[stage].failed += failed
-        for name, model, batch, calls, tokens_in, tokens_out in usage:
-            self.stats.add_usage(name, model, tokens_in, tokens_out, batch, calls)
+        for name, model, batch, calls, tokens_in, tokens_out, cached in usage:
+            self.stats.add_usage(name, model, tokens_in, tokens_out, batch, calls, cached)
 
     def snapshot(self) -> dict[str, StageStats]:
         return self.stats.stages
@@ -134,16 +138,17 @@ class _Usage:
         self.counts: dict[tuple[str, str, bool], list[int]] = {}
 
     def record(self, stage: str, model: str, response: ChatResponse) -> None:
-        entry = self.counts.setdefault((stage, model, response.batch), [0, 0, 0])
+        entry = self.counts.setdefault((stage, model, response.batch), [0, 0, 0, 0])
         entry[0] += 1
         entry[1] += response.prompt_tokens
         entry[2] += response.completion_tokens
+        entry[3] += response.cached_tokens
 
-    def take(self) -> list[tuple[str, str, bool, int, int, int]]:
+    def take(self) -> list[tuple[str, str, bool, int, int, int, int]]:
         counts, self.counts = self.counts, {}
         return [
-            (stage, model, batch, calls, tokens_in, tokens_out)
-            for (stage, model, batch), (calls, tokens_in, tokens_out) in counts.items()
+            (stage, model, batch, calls, tokens_in, tokens_out, cached)
+            for (stage, model, batch), (calls, tokens_in, tokens_out, cached) in counts.items()
         ]
 
 
