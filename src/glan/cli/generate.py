@@ -8,6 +8,7 @@ given, and the default its help shows is read from ``GenerateConfig``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,12 @@ RUN_OPTIONS = [
         help=f"Retries of a request that failed in passing (429, 5xx, a timeout, a dropped connection), with exponential backoff and jitter; then the item is marked failed for the next run. {default_is(DEFAULTS.max_retries)}",
     ),
     option(
+        "max_cost",
+        float | None,
+        metavar="USD",
+        help="Stop before the run directory's spending (every run on it, at the price table's prices) would pass USD: no request is sent whose worst case (its prompt and a reply of max_tokens) does not fit; what is in flight finishes and is stored, and the run exits with status 4. Run again with a higher --max-cost to continue. \\[default: no cap]",
+    ),
+    option(
         "prices",
         Path | None,
         help="Price table YAML, USD per million tokens: a copy of the bundled src/glan/data/prices.yaml with your models added (self-hosted ones at 0). \\[default: the bundled table]",
@@ -176,6 +183,14 @@ RUN_OPTIONS = [
 RUN_ONLY = [
     option("progress", str, default="auto", help="auto, live, log or none."),
     option("verbose", bool, "--verbose", "-v", default=False, help="Log retries and fallbacks."),
+    option(
+        "yes",
+        bool,
+        "--yes",
+        "-y",
+        default=False,
+        help="Start a run that would otherwise ask first: one with no --max-cost whose plan is estimated above $10 (or, for a model missing from the price table, above 20,000 calls). A rerun of a confirmed plan does not ask again.",
+    ),
 ]
 PROGRESS_MODES = ("auto", "live", "log", "none")
 
@@ -194,6 +209,7 @@ def generate(**options: Any) -> None:
     """
     setup_logging(options.pop("verbose"))
     mode = options.pop("progress")
+    yes = options.pop("yes")
     out = options["out"]
     settings: GenerateConfig | None = None
 
@@ -207,13 +223,18 @@ def generate(**options: Any) -> None:
         if mode not in PROGRESS_MODES:
             raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
         settings = run_config(options)
-        print_plan(api.plan(settings), brief=True, batched=settings.batch)
-        result = api.generate(settings, out, progress=mode)
+        print_plan(api.plan(settings), brief=True, batched=settings.batch, cap=settings.max_cost)
+        confirmed = confirm(api.confirmation_needed(settings, out), yes)
+        result = api.generate(settings, out, progress=mode, confirmed=confirmed)
     print_status(result)
     if result.failed:
         err.print(
             f"[yellow]{result.failed} items failed; run the same command again to retry them."
         )
+    if result.capped:
+        err.print(f"[yellow]{capped_line(result)}")
+        raise typer.Exit(CAPPED_EXIT)
+    if result.failed:
         raise typer.Exit(3)
 
 
@@ -232,6 +253,45 @@ def estimate(**options: Any) -> None:
         if out is not None and (Path(out) / "glan.db").exists():
             spent = api.status(out, prices=PriceTable.load(settings.prices))
             print(f"already in {out}: {spent.rows:,} rows, ${spent.cost:,.2f} spent")
+        if settings.max_cost is not None:
+            print(f"--max-cost ${settings.max_cost:,.2f}: glan generate stops before it passes it")
+        else:
+            reason = api.confirmation_needed(settings, out or _NO_RUN)
+            if reason is not None:
+                print(f"glan generate will ask before it starts: {reason}")
+
+
+_NO_RUN = "/nonexistent/glan-run"  # estimate without --out: no run directory to look in
+
+
+def confirm(reason: str | None, yes: bool) -> bool:
+    """Whether the user confirmed a run that must be (``reason``: why), by --yes or, at a
+    terminal, by answering; elsewhere such a run is an error that says how to start it."""
+    if reason is None:
+        return False
+    if yes:
+        return True
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        if typer.confirm(f"{reason}. Start it?", default=False, err=True):
+            return True
+        err.print("not started; nothing was sent.")
+        raise typer.Exit(1)
+    raise ConfigError(
+        f"{reason}: pass --yes to start it, or --max-cost USD to stop it before it spends more"
+        " (glan estimate shows the plan)"
+    )
+
+
+CAPPED_EXIT = 4  # the run stopped before it would pass --max-cost
+
+
+def capped_line(result: api.RunStatus) -> str:
+    pending = sum(stage.pending for stage in result.stages.values())
+    return (
+        f"stopped at the cost cap: ${result.cost:,.2f} spent of --max-cost"
+        f" ${result.max_cost or 0:,.2f}, and the next request could have passed it;"
+        f" {pending:,} items wait. Run the same command with a higher --max-cost to continue."
+    )
 
 
 def run_config(options: dict[str, Any]) -> GenerateConfig:
@@ -269,14 +329,21 @@ def disciplines_option(value: str | None) -> list[str] | None:
     return names
 
 
-def print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = False) -> None:
+def print_plan(
+    plan: list[api.StageEstimate],
+    *,
+    brief: bool,
+    batched: bool = False,
+    cap: float | None = None,
+) -> None:
     calls = sum(s.calls for s in plan)
     online = _total(s.cost for s in plan)
     batch = _total(s.batch_cost for s in plan)
     if brief:
         price, label = (batch, "batch prices") if batched else (online, "list prices")
         cost = f", about ${price:,.2f} at {label}" if price is not None else ""
-        err.print(f"plan: {calls:,} calls{cost} (glan estimate shows the details)")
+        capped = f"; stops before ${cap:,.2f} in all (--max-cost)" if cap is not None else ""
+        err.print(f"plan: {calls:,} calls{cost}{capped} (glan estimate shows the details)")
         return
     table = Table(title="plan")
     columns = (

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from glan.costs.budget import Budget, CapReached
 from glan.costs.progress import RunStats
 from glan.engine.attempt import attempt
 from glan.engine.teacher import Client, StoredTeacher
@@ -61,9 +62,13 @@ class LocalEngine:
         display: Display,
         batch_clients: Mapping[str, Client] | None = None,
         kinds: tuple[str, ...] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """``kinds``: the stages this engine runs (default: all; the Ray engine runs the narrow
-        ones here); children of other kinds are left to whoever runs those."""
+        ones here); children of other kinds are left to whoever runs those. ``budget``: the
+        run's spending cap, which the clients' requests reserve against (``CappedClient``); the
+        engine starts no item while a request waits for room under it, and none at all once
+        one was refused."""
         self.pipeline = workflow
         self.limits = limits
         # Deepest first: finishing answers before starting new syllabi keeps the queue short and
@@ -93,6 +98,7 @@ class LocalEngine:
         )
         self._batch_limit = 2 * limits.batch_max_requests
         self._in_flight: Counter[str] = Counter()  # running tasks by kind
+        self.budget = budget
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -170,7 +176,14 @@ class LocalEngine:
             self._error = task.exception()
         self._slot_free.set()
 
+    @property
+    def capped(self) -> bool:
+        """The run stopped at its spending cap: a request was refused."""
+        return self.budget is not None and self.budget.exhausted
+
     def _next(self) -> tuple[Stage, Item, bool] | None:
+        if self.budget is not None and (self.budget.exhausted or self.budget.waiting):
+            return None  # what runs may use the room left under the cap
         upstream = self.pipeline.upstream
         upstream_running = sum(self._in_flight[kind] for kind in upstream)
         batched = sum(self._in_flight[kind] for kind in self._batched)
@@ -227,7 +240,10 @@ class LocalEngine:
             self.prompts,
             fresh=fresh,
         )
-        outcome = await attempt(stage, node, self._parent(node), teacher)
+        try:
+            outcome = await attempt(stage, node, self._parent(node), teacher)
+        except CapReached:
+            return  # the item stays pending: a run with a higher cap continues it
         if outcome.error is not None:
             self.store.fail(node, outcome.error)
             stats.failed += 1
