@@ -22,10 +22,11 @@ from glan.llm.client import OpenAIClient
 from glan.prompts import prompts_for
 from glan.run import Run, is_run, open_run
 from glan.run.batches import SqliteBatchRecords
-from glan.run.jsonl import OUTPUT_NAME, JsonlOutput
+from glan.run.jsonl import OUTPUT_NAME, JsonlOutput, OutputWriteError
 from glan.run.lock import run_lock
 from glan.run.parts import RunFilesError, StateDir
-from glan.run.store import DB_NAME, Store, StoreError
+from glan.run.space import RESERVE_NAME, OutOfSpace, is_full, out_of_space, reserve_size
+from glan.run.store import DB_NAME, Store, StoreError, StoreWriteError
 from glan.stages.pipeline import Pipeline
 from glan.taxonomy import Discipline, Taxonomy
 
@@ -134,11 +135,15 @@ async def _generate_locally(
     progress: ProgressMode,
 ) -> RunStatus:
     base_url, api_key = endpoint
-    store = Store.open(run_dir)
+    store = _open_store(run_dir, config)
+    engine: LocalEngine | None = None
     try:
         stats = _begin(store, config, taxonomy)
         output = JsonlOutput(run_dir / OUTPUT_NAME)
-        output.open(store)
+        try:
+            output.open(store)
+        except OSError as error:
+            raise out_of_space(run_dir, OUTPUT_NAME, error, sent=False) from None
         budget = _budget(config, store.usage(), stats.prices)
         client = OpenAIClient.for_settings(config, base_url, api_key, config.limits())
         # --batch: the wide stages go through the provider's batch API, the others stay online.
@@ -167,9 +172,43 @@ async def _generate_locally(
                 await engine.run()
             finally:
                 output.close()
+        store.commit()
+    except (StoreWriteError, OutputWriteError) as error:
+        raise _stopped_writing(store, run_dir, error, engine) from None
     finally:
         store.close()
+    assert engine is not None
     return _capped_status(status(run_dir, stats.prices), config, engine.capped)
+
+
+def _open_store(where: Path, config: GenerateConfig) -> Store:
+    """The run's store, with room set aside to finish in when the disk fills."""
+    try:
+        store = Store.open(where)
+    except StoreError as error:
+        if is_full(error):
+            raise out_of_space(where, DB_NAME, error, sent=False) from None
+        raise
+    try:
+        store.reserve_space(reserve_size(config.concurrency))
+    except OSError as error:
+        store.close()
+        raise out_of_space(where, RESERVE_NAME, error, sent=False) from None
+    return store
+
+
+def _stopped_writing(
+    store: Store,
+    where: Path,
+    error: StoreWriteError | OutputWriteError,
+    engine: LocalEngine | None,
+) -> OutOfSpace:
+    """A run that could not write: what it received goes in with the reserve given back; the
+    one line that says where, what was kept, and to rerun."""
+    lost = store.rescue()
+    written = DB_NAME if isinstance(error, StoreWriteError) else OUTPUT_NAME
+    abandoned = engine.abandoned if engine is not None else 0
+    return out_of_space(where, written, error.cause, lost=lost, abandoned=abandoned)
 
 
 async def _generate_on_ray(
@@ -190,7 +229,8 @@ async def _generate_on_ray(
     except ImportError:
         raise ConfigError('--engine ray needs Ray: pip install "glan[ray]"') from None
     state = StateDir(out)
-    store = Store.open(state.path)
+    store = _open_store(state.path, config)
+    engine: RayEngine | None = None
     try:
         stats = _begin(store, config, taxonomy)
         budget = None
@@ -212,9 +252,14 @@ async def _generate_on_ray(
             )
             engine.prepare(Pipeline(config).roots(disciplines))
             await engine.run()
+        store.commit()
+    except StoreWriteError as error:
+        narrow = engine.narrow if engine is not None else None
+        raise _stopped_writing(store, state.path, error, narrow) from None
     finally:
         store.close()
         state.upload()
+    assert engine is not None
     return _capped_status(status(out, prices=stats.prices), config, engine.capped)
 
 

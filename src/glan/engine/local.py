@@ -20,12 +20,15 @@ from glan.engine.teacher import Client, StoredTeacher
 from glan.items import Item, NewItem
 from glan.llm.batch.client import ORIGIN
 from glan.prompts import Prompts
-from glan.run.jsonl import JsonlOutput
-from glan.run.store import Store
+from glan.run.jsonl import JsonlOutput, OutputWriteError
+from glan.run.store import RESCUED_META, Store, StoreError
 from glan.stages import Stage
 from glan.stages.base import Workflow
 
 TICK = 0.1  # seconds between commits of bookkeeping nobody waits for, output flushes, redraws
+# After a failed write (a full disk), how long requests in flight may take to come back: their
+# replies are paid for, and kept for Store.rescue; the ones still out then are abandoned.
+DRAIN = 30.0
 BATCH = 256  # pending items read from the store at a time, per kind
 
 
@@ -99,6 +102,7 @@ class LocalEngine:
         self._batch_limit = 2 * limits.batch_max_requests
         self._in_flight: Counter[str] = Counter()  # running tasks by kind
         self.budget = budget
+        self.abandoned = 0  # items still running when a failed write stopped the run
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -113,6 +117,8 @@ class LocalEngine:
             self.store.set_meta("expansion", signature)
         self.store.commit()
         self._fresh_after = self.store.last_rowid()
+        if self.store.get_meta(RESCUED_META):  # replies of items not made yet may be stored
+            self._fresh_after = float("inf")
         for kind, statuses in self.store.counts(active_only=True).items():
             name = self._stage_name(kind)
             if name is not None:
@@ -136,23 +142,30 @@ class LocalEngine:
         try:
             await self._schedule()
         finally:
-            running = list(self._running)
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
-            self.store.commit()
-            if self.output is not None:
-                self.output.flush()
-            self.display.stop()
+            try:
+                running = list(self._running)
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+                if self.store.failure is None:  # after a failed write, nothing more commits
+                    self.store.commit()
+                if self.output is not None:
+                    try:
+                        self.output.flush()
+                    except OutputWriteError:
+                        if self._error is None:  # else that error says what stopped the run
+                            raise
+            finally:
+                self.display.stop()
 
     async def _schedule(self) -> None:
         # Tasks report their end through a callback: waiting on all running tasks at once would
         # cost O(concurrency) per reply.
         while True:
-            while True:
+            while self._error is None:
                 picked = self._next()
                 if picked is None:
                     break
@@ -162,11 +175,22 @@ class LocalEngine:
                 self._in_flight[stage.item_kind] += 1
                 task.add_done_callback(self._finished)
             if self._error is not None:
+                if isinstance(self._error, StoreError | OutputWriteError):
+                    await self._drain()
                 raise self._error
             if not self._running:
                 return
             self._slot_free.clear()
             await self._slot_free.wait()
+
+    async def _drain(self) -> None:
+        """The run cannot write: start nothing more, and give the requests in flight ``DRAIN``
+        seconds to come back (each item then stops at its next write: the store takes none)."""
+        if isinstance(self._error, OutputWriteError):
+            self.store.stop_writing(self._error)
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=DRAIN)
+        self.abandoned = len(self._running)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         kind = self._running.pop(task, None)
@@ -217,10 +241,16 @@ class LocalEngine:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            if self.store.dirty:
-                self.store.commit()
-                if self.output is not None:
-                    self.output.flush()
+            try:
+                if self.store.dirty:
+                    self.store.commit()
+                    if self.output is not None:
+                        self.output.flush()
+            except Exception as error:  # a full disk: the run stops, saying so
+                if self._error is None:
+                    self._error = error
+                self._slot_free.set()
+                return
             self.display.refresh()
 
     # -- one item -----------------------------------------------------------------------------

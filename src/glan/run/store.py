@@ -21,8 +21,12 @@ import orjson
 
 from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest, ChatResponse
+from glan.run.space import RESERVE_NAME, is_full
 
 DB_NAME = "glan.db"
+# meta: replies were stored after their items' transaction failed (``Store.rescue``), so an item
+# created by a later run may already have its replies stored
+RESCUED_META = "rescued_calls"
 
 # Numbered migrations: index i brings user_version i to i + 1. Never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -77,6 +81,15 @@ class StoreError(Exception):
     """The run directory cannot be used (not writable, disk full, newer schema)."""
 
 
+class StoreWriteError(StoreError):
+    """A write to glan.db failed mid-run (most often: the disk is full). The store stops
+    writing; the replies of the failed transaction wait in ``Store.unsaved`` for ``rescue``."""
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class Store:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
@@ -99,6 +112,10 @@ class Store:
         self._commit_scheduled = False
         self._waiters: list[asyncio.Future[None]] = []
         self._after_commit: list[Any] = []
+        self.failure: StoreWriteError | None = None  # a write failed: no more are made
+        self._tx_calls: list[tuple[Any, ...]] = []  # calls written in the open transaction
+        self.unsaved: list[tuple[Any, ...]] = []  # calls received that a failure kept out
+        self._reserve: Path | None = None
         self._next_out_seq = (
             self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0] + 1
         )
@@ -159,31 +176,116 @@ class Store:
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        self.commit()
-        self.db.close()
+        try:
+            if self.failure is None:  # after a failure there is nothing left to commit
+                self.commit()
+        finally:
+            self.db.close()
+            self._drop_reserve()
+
+    # -- room to finish -----------------------------------------------------------------------
+
+    def reserve_space(self, size: int) -> None:
+        """Set ``size`` bytes aside beside glan.db (``glan.reserve``, removed on close): when the
+        disk fills, ``rescue`` gives them back to store the replies of the last moment. OSError
+        when even that does not fit (the disk is full already)."""
+        path = self.path.parent / RESERVE_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if is_full(error):
+                raise
+            return  # a filesystem that cannot allocate ahead: run without the reserve
+        os.close(fd)
+        self._reserve = path
+
+    def stop_writing(self, cause: BaseException) -> None:
+        """Something else of the run cannot be written (instructions.jsonl): commit what is
+        written, then take no more writes; replies that still come in wait for ``rescue``."""
+        if self.failure is None:
+            with contextlib.suppress(StoreWriteError):
+                self.commit()
+        if self.failure is None:
+            self.failure = StoreWriteError(f"stopped writing {self.path}: {cause}", cause)
+
+    def _drop_reserve(self) -> None:
+        if self._reserve is not None:
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+            self._reserve = None
+
+    def rescue(self) -> int:
+        """After a failed write: store the replies it kept out, with the reserve given back.
+        Returns how many could still not be stored (they will be asked again)."""
+        if not self.unsaved:
+            return 0
+        self._drop_reserve()
+        for _ in range(2):
+            try:
+                self.db.execute("BEGIN")
+                self.db.executemany(_RESCUE_CALL, self.unsaved)
+                # Their items may not exist, or not be done: the next run finds these replies
+                # only if it looks up every item's requests, new ones too.
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, 'true')", (RESCUED_META,)
+                )
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    # fold the write-ahead log into the database: it may give room back
+                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                continue
+            self.unsaved = []
+            return 0
+        return len(self.unsaved)
 
     # -- transactions -------------------------------------------------------------------------
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        if not self._in_tx:
-            self.db.execute("BEGIN")
-            self._in_tx = True
+        if self.failure is not None:
+            raise self.failure
         try:
+            if not self._in_tx:
+                self.db.execute("BEGIN")
+                self._in_tx = True
             return self.db.execute(sql, tuple(params))
         except sqlite3.OperationalError as error:
-            raise StoreError(f"writing {self.path} failed: {error}") from None
+            raise self._failed(f"writing {self.path} failed: {error}", error) from None
+
+    def _failed(self, message: str, cause: sqlite3.Error) -> StoreWriteError:
+        """A write failed: give up the transaction (SQLite may have rolled it back already),
+        keep its replies for ``rescue``, and refuse every write from now on."""
+        if self.failure is None:
+            self.failure = StoreWriteError(message, cause)
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        self._in_tx = False
+        self.unsaved.extend(self._tx_calls)
+        self._tx_calls = []
+        self._after_commit = []  # what they would have done depended on the lost writes
+        return self.failure
 
     def commit(self) -> None:
         """Make every write so far durable, then wake whoever waits on it."""
         self._commit_scheduled = False
         waiters, self._waiters = self._waiters, []
         try:
+            if self.failure is not None:
+                raise self.failure
             if self._in_tx:
                 try:
                     self.db.execute("COMMIT")
                 except sqlite3.OperationalError as error:
-                    raise StoreError(f"committing {self.path} failed: {error}") from None
+                    raise self._failed(f"committing {self.path} failed: {error}", error) from None
                 self._in_tx = False
+            self._tx_calls = []
         except StoreError as error:
             for waiter in waiters:
                 if not waiter.done():
@@ -202,6 +304,8 @@ class Store:
         The commit runs on the event loop's next turn, so every reply that arrived in this turn
         shares it (group commit) and none waits longer than one turn.
         """
+        if self.failure is not None:
+            raise self.failure
         if not self._in_tx:
             return
         loop = asyncio.get_running_loop()
@@ -266,8 +370,12 @@ class Store:
     def save_call(
         self, request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
     ) -> None:
-        record = call_record(request, response, node_id=node_id, stage=stage)
-        self._write(_INSERT_CALL, record.values())
+        values = tuple(call_record(request, response, node_id=node_id, stage=stage).values())
+        if self.failure is not None:  # a reply that came in after a failed write: kept
+            self.unsaved.append(values)
+            return
+        self._tx_calls.append(values)
+        self._write(_INSERT_CALL, values)
 
     def usage(self) -> list[tuple[str, str, bool, int, int, int, int]]:
         """(stage, model, batch, calls, tokens in, tokens out, cached tokens in) of every paid-for
@@ -503,6 +611,7 @@ _CALL_COLUMNS = (
     " completion_tokens, latency, batch, created_at, cached_tokens"
 )
 _INSERT_CALL = f"INSERT OR REPLACE INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+_RESCUE_CALL = _INSERT_CALL.replace("OR REPLACE", "OR IGNORE")
 _COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempts"
 _NODE_SELECT = f"SELECT {_COLUMNS} FROM nodes"
 
