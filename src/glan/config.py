@@ -121,6 +121,8 @@ class GenerateConfig(BaseModel):
     seed: int = 0
     stages: Stages = Stages()
     prices: AnyPath | None = None  # price table YAML; None: the bundled one
+    # USD the run directory may spend in all (every invocation's spend counts); None: no cap
+    max_cost: float | None = Field(default=None, ge=0)
     # engine
     engine: Literal["local", "ray"] = "local"
     ray: RayOptions = RayOptions()

@@ -8,6 +8,7 @@ given, and the default its help shows is read from ``GenerateConfig``.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,12 @@ RUN_OPTIONS = [
     ),
     option("judge_api_key", str | None, help="The judge's API key. \\[default: the teacher's]"),
     option(
+        "max_cost",
+        float | None,
+        metavar="USD",
+        help="Stop before the run directory's spending (every run on it, at the price table's prices) would pass USD: no request is sent whose worst case (its prompt and a reply of max_tokens) does not fit; what is in flight finishes and is stored, and the run exits with status 4. Run again with a higher --max-cost to continue. \\[default: no cap]",
+    ),
+    option(
         "prices",
         Path | None,
         help="Price table YAML, USD per million tokens: a copy of the bundled src/glan/data/prices.yaml with your models added (self-hosted ones at 0). \\[default: the bundled table]",
@@ -205,6 +212,14 @@ RUN_OPTIONS = [
 RUN_ONLY = [
     option("progress", str, default="auto", help="auto, live, log or none."),
     option("verbose", bool, "--verbose", "-v", default=False, help="Log retries and fallbacks."),
+    option(
+        "yes",
+        bool,
+        "--yes",
+        "-y",
+        default=False,
+        help="Start a run that would otherwise ask first: one with no --max-cost whose plan is estimated above $10 (or, for a model missing from the price table, above 20,000 calls). A rerun of a confirmed plan does not ask again.",
+    ),
 ]
 PROGRESS_MODES = ("auto", "live", "log", "none")
 
@@ -223,6 +238,7 @@ def generate(**options: Any) -> None:
     """
     setup_logging(options.pop("verbose"))
     mode = options.pop("progress")
+    yes = options.pop("yes")
     out = options["out"]
     settings: GenerateConfig | None = None
 
@@ -236,8 +252,9 @@ def generate(**options: Any) -> None:
         if mode not in PROGRESS_MODES:
             raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
         settings = run_config(options)
-        print_plan(api.plan(settings), brief=True, batched=settings.batch)
-        result = api.generate(settings, out, progress=mode)
+        print_plan(api.plan(settings), brief=True, batched=settings.batch, cap=settings.max_cost)
+        confirmed = confirm(api.confirmation_needed(settings, out), yes)
+        result = api.generate(settings, out, progress=mode, confirmed=confirmed)
     print_status(result)
     if result.review is not None:
         print_review(result.review)
@@ -245,6 +262,10 @@ def generate(**options: Any) -> None:
         err.print(
             f"[yellow]{result.failed} items failed; run the same command again to retry them."
         )
+    if result.capped:
+        err.print(f"[yellow]{capped_line(result)}")
+        raise typer.Exit(CAPPED_EXIT)
+    if result.failed:
         raise typer.Exit(3)
 
 
@@ -263,6 +284,45 @@ def estimate(**options: Any) -> None:
         if out is not None and (Path(out) / "glan.db").exists():
             spent = api.status(out, prices=PriceTable.load(settings.prices))
             print(f"already in {out}: {spent.rows:,} rows, ${spent.cost:,.2f} spent")
+        if settings.max_cost is not None:
+            print(f"--max-cost ${settings.max_cost:,.2f}: glan generate stops before it passes it")
+        else:
+            reason = api.confirmation_needed(settings, out or _NO_RUN)
+            if reason is not None:
+                print(f"glan generate will ask before it starts: {reason}")
+
+
+_NO_RUN = "/nonexistent/glan-run"  # estimate without --out: no run directory to look in
+
+
+def confirm(reason: str | None, yes: bool) -> bool:
+    """Whether the user confirmed a run that must be (``reason``: why), by --yes or, at a
+    terminal, by answering; elsewhere such a run is an error that says how to start it."""
+    if reason is None:
+        return False
+    if yes:
+        return True
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        if typer.confirm(f"{reason}. Start it?", default=False, err=True):
+            return True
+        err.print("not started; nothing was sent.")
+        raise typer.Exit(1)
+    raise ConfigError(
+        f"{reason}: pass --yes to start it, or --max-cost USD to stop it before it spends more"
+        " (glan estimate shows the plan)"
+    )
+
+
+CAPPED_EXIT = 4  # the run stopped before it would pass --max-cost
+
+
+def capped_line(result: api.RunStatus) -> str:
+    pending = sum(stage.pending for stage in result.stages.values())
+    return (
+        f"stopped at the cost cap: ${result.cost:,.2f} spent of --max-cost"
+        f" ${result.max_cost or 0:,.2f}, and the next request could have passed it;"
+        f" {pending:,} items wait. Run the same command with a higher --max-cost to continue."
+    )
 
 
 def run_config(options: dict[str, Any]) -> GenerateConfig:
@@ -271,7 +331,7 @@ def run_config(options: dict[str, Any]) -> GenerateConfig:
         language=options.get("language"), syllabus_language=options.get("syllabus_language")
     )
     values = {name: value for name, value in options.items() if name not in ("out", "config")}
-    values["disciplines"] = comma_list(values.get("disciplines")) or None
+    values["disciplines"] = disciplines_option(values.get("disciplines"))
     ray = {"address": values.pop("ray_address", None), "workers": values.pop("ray_workers", None)}
     # An unset switch must not override the config file: only True counts.
     config = GenerateConfig.load(
@@ -285,23 +345,64 @@ def run_config(options: dict[str, Any]) -> GenerateConfig:
     return config
 
 
-def print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = False) -> None:
+def disciplines_option(value: str | None) -> list[str] | None:
+    """``--disciplines``: None when not given (the config's, else the whole taxonomy). Given but
+    empty (``--disciplines "$UNSET"``) is an error: it once meant the whole taxonomy."""
+    if value is None:
+        return None
+    names = comma_list(value)
+    if not names:
+        raise ConfigError(
+            f"--disciplines is {'empty' if not value else f'blank ({value!r})'}: name disciplines,"
+            " fields or 'Field > Sub > Discipline' paths, comma-separated, or leave the option out"
+            " for the whole taxonomy"
+        )
+    return names
+
+
+def print_plan(
+    plan: list[api.StageEstimate],
+    *,
+    brief: bool,
+    batched: bool = False,
+    cap: float | None = None,
+) -> None:
     calls = sum(s.calls for s in plan)
     online = _total(s.cost for s in plan)
     batch = _total(s.batch_cost for s in plan)
     if brief:
         price, label = (batch, "batch prices") if batched else (online, "list prices")
         cost = f", about ${price:,.2f} at {label}" if price is not None else ""
-        err.print(f"plan: {calls:,} calls{cost} (glan estimate shows the details)")
+        capped = f"; stops before ${cap:,.2f} in all (--max-cost)" if cap is not None else ""
+        err.print(f"plan: {calls:,} calls{cost}{capped} (glan estimate shows the details)")
         return
     table = Table(title="plan")
-    for column in ("stage", "model", "calls", "tokens in", "tokens out", "online $", "batch $"):
+    columns = (
+        "stage",
+        "model",
+        "calls",
+        "tokens in",
+        "cached",
+        "tokens out",
+        "online $",
+        "batch $",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "model") else "right")
     for s in plan:
-        amounts = (f"{s.calls:,}", f"{s.tokens_in:,}", f"{s.tokens_out:,}")
+        amounts = (f"{s.calls:,}", f"{s.tokens_in:,}", f"{s.cached_share:.0%}", f"{s.tokens_out:,}")
         table.add_row(s.stage, s.model, *amounts, _usd(s.cost), _usd(s.batch_cost))
-    table.add_row("total", "", f"{calls:,}", "", "", _usd(online), _usd(batch))
-    Console().print(table)
+    tokens_in = sum(s.tokens_in for s in plan)
+    cached = sum(s.tokens_cached for s in plan) / tokens_in if tokens_in else 0.0
+    table.add_row("total", "", f"{calls:,}", "", f"{cached:.0%}", "", _usd(online), _usd(batch))
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: no need to squeeze the table into 80
+        console.width = max(console.width, 110)
+    console.print(table)
+    print(
+        "cached: the share of tokens in expected from the provider's prefix cache, billed at"
+        " the cached rate (assumed: half of each prefix of 1,024+ tokens a request repeats)"
+    )
     if online is None:
         print("n/a: a model missing from the price table (add it with --prices FILE)")
 

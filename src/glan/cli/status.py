@@ -68,14 +68,31 @@ def print_coverage(subjects: list[SubjectCoverage]) -> None:
 
 def print_status(result: api.RunStatus) -> None:
     table = Table(title=f"glan run {result.run_dir}")
-    columns = ("stage", "done", "pending", "failed", "requests", "tokens in", "tokens out", "$")
+    cached = any(s.tokens_cached for s in result.stages.values())  # the provider reports it
+    columns = ["stage", "done", "pending", "failed", "requests", "tokens in", "tokens out", "$"]
+    if cached:
+        columns.insert(columns.index("tokens out"), "cached")
     for column in columns:
         table.add_column(column, justify="left" if column == "stage" else "right")
     for name, s in result.stages.items():
-        counts = (s.done, s.pending, s.failed, s.requests, s.tokens_in, s.tokens_out)
-        table.add_row(name, *(f"{v:,}" for v in counts), f"{s.cost:,.2f}")
-    Console().print(table)
-    print(f"{result.rows:,} rows in {result.dataset}, ${result.cost:,.2f} spent")
+        cells = {
+            "stage": name,
+            **{c: f"{v:,}" for c, v in zip(columns[1:6], _counts(s), strict=True)},
+            "cached": f"{s.cached_share:.0%}" if s.tokens_in else "",
+            "tokens out": f"{s.tokens_out:,}",
+            "$": f"{s.cost:,.2f}",
+        }
+        table.add_row(*(cells[c] for c in columns))
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: no need to squeeze the table into 80
+        console.width = max(console.width, 100)
+    console.print(table)
+    share = (
+        f"; {result.cached_share:.0%} of the prompt tokens were read from the provider's cache"
+        if cached
+        else ""
+    )
+    print(f"{result.rows:,} rows in {result.dataset}, ${result.cost:,.2f} spent{share}")
     for kind, node_id, error in result.errors[:5]:
         print(f"failed {kind} {node_id}: {error}")
     if result.removed:
@@ -88,6 +105,10 @@ def print_status(result: api.RunStatus) -> None:
         )
         for path, count in sorted(result.removed.items()):
             print(f"  {path}: {count:,} rows")
+
+
+def _counts(s: api.StageStatus) -> tuple[int, ...]:
+    return (s.done, s.pending, s.failed, s.requests, s.tokens_in)
 
 
 def print_review(result: ReviewSummary) -> None:

@@ -45,6 +45,7 @@ class StageStats:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    tokens_cached: int = 0  # of tokens_in, read from the provider's prefix cache
 
 
 @dataclass
@@ -60,7 +61,12 @@ class RunStats:
     def record(self, stage: str, model: str, response: ChatResponse) -> None:
         """A paid-for reply arrived."""
         self.add_usage(
-            stage, model, response.prompt_tokens, response.completion_tokens, response.batch
+            stage,
+            model,
+            response.prompt_tokens,
+            response.completion_tokens,
+            response.batch,
+            cached=response.cached_tokens,
         )
 
     def add_usage(
@@ -71,12 +77,14 @@ class RunStats:
         tokens_out: int,
         batch: bool = False,
         requests: int = 1,
+        cached: int = 0,
     ) -> None:
         stats = self.stages[stage]
         stats.requests += requests
         stats.tokens_in += tokens_in
         stats.tokens_out += tokens_out
-        stats.cost += self.prices.cost(model, tokens_in, tokens_out, batch) or 0.0
+        stats.tokens_cached += cached
+        stats.cost += self.prices.cost(model, tokens_in, tokens_out, batch, cached) or 0.0
 
     @property
     def cost(self) -> float:
@@ -111,6 +119,12 @@ class RunStats:
             sum(s.tokens_in for s in self.stages.values()),
             sum(s.tokens_out for s in self.stages.values()),
         )
+
+    @property
+    def cached_share(self) -> float:
+        """The share of prompt tokens the provider read from its prefix cache."""
+        tokens_in = self.tokens[0]
+        return sum(s.tokens_cached for s in self.stages.values()) / tokens_in if tokens_in else 0
 
 
 class _Rate(ProgressColumn):
@@ -189,9 +203,12 @@ class LogProgress:
             parts.append(f"{LABELS.get(name, name)} {stats.done}/{totals[name]}{failed}")
         tokens_in, tokens_out = self.stats.tokens
         elapsed = time.monotonic() - self.stats.started
+        cached = self.stats.cached_share
+        cached_note = f" ({cached:.0%} cached)" if cached else ""
         print(
             f"[glan {elapsed:7.0f}s] {' | '.join(parts)} | {self.stats.requests} requests,"
-            f" {_short(tokens_in)} tokens in, {_short(tokens_out)} out, ${self.stats.cost:,.2f}",
+            f" {_short(tokens_in)} tokens in{cached_note}, {_short(tokens_out)} out,"
+            f" ${self.stats.cost:,.2f}",
             file=self.stream,
             flush=True,
         )

@@ -13,18 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from glan.costs.budget import Budget, CapReached
 from glan.costs.progress import RunStats
 from glan.engine.attempt import attempt
 from glan.engine.teacher import Client, StoredTeacher
 from glan.items import Item, NewItem
 from glan.llm.batch.client import ORIGIN
 from glan.prompts import Prompts
-from glan.run.jsonl import JsonlOutput
-from glan.run.store import Store
+from glan.run.jsonl import JsonlOutput, OutputWriteError
+from glan.run.store import RESCUED_META, Store, StoreError
 from glan.stages import Stage
 from glan.stages.base import Workflow
 
 TICK = 0.1  # seconds between commits of bookkeeping nobody waits for, output flushes, redraws
+# After a failed write (a full disk), how long requests in flight may take to come back: their
+# replies are paid for, and kept for Store.rescue; the ones still out then are abandoned.
+DRAIN = 30.0
 BATCH = 256  # pending items read from the store at a time, per kind
 
 
@@ -62,10 +66,14 @@ class LocalEngine:
         batch_clients: Mapping[str, Client] | None = None,
         kinds: tuple[str, ...] | None = None,
         stage_clients: Mapping[str, Client] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """``kinds``: the stages this engine runs (default: all; the Ray engine runs the narrow
         ones here); children of other kinds are left to whoever runs those.
-        ``stage_clients``: stages that ask an endpoint of their own (a judge), by stage name."""
+        ``stage_clients``: stages that ask an endpoint of their own (a judge), by stage name.
+        ``budget``: the run's spending cap, which the clients' requests reserve against
+        (``CappedClient``); the engine starts no item while a request waits for room under it,
+        and none at all once one was refused."""
         self.pipeline = workflow
         self.limits = limits
         # Deepest first: finishing answers before starting new syllabi keeps the queue short and
@@ -99,6 +107,8 @@ class LocalEngine:
         gathered = workflow.gathered[0] if workflow.gathered else ()
         self._gathered = {gathered} if isinstance(gathered, str) else set(gathered)
         self._superseding = False
+        self.budget = budget
+        self.abandoned = 0  # items still running when a failed write stopped the run
 
     # -- setup --------------------------------------------------------------------------------
 
@@ -115,6 +125,8 @@ class LocalEngine:
         self.store.commit()
         self._fresh_after = self.store.last_rowid()
         self._superseding = self.store.superseding()  # rows may replace earlier rows
+        if self.store.get_meta(RESCUED_META):  # replies of items not made yet may be stored
+            self._fresh_after = float("inf")
         for kind, statuses in self.store.counts(active_only=True).items():
             name = self._stage_name(kind)
             if name is not None:
@@ -138,23 +150,30 @@ class LocalEngine:
         try:
             await self._schedule()
         finally:
-            running = list(self._running)
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
-            self.store.commit()
-            if self.output is not None:
-                self.output.flush()
-            self.display.stop()
+            try:
+                running = list(self._running)
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+                if self.store.failure is None:  # after a failed write, nothing more commits
+                    self.store.commit()
+                if self.output is not None:
+                    try:
+                        self.output.flush()
+                    except OutputWriteError:
+                        if self._error is None:  # else that error says what stopped the run
+                            raise
+            finally:
+                self.display.stop()
 
     async def _schedule(self) -> None:
         # Tasks report their end through a callback: waiting on all running tasks at once would
         # cost O(concurrency) per reply.
         while True:
-            while True:
+            while self._error is None:
                 picked = self._next()
                 if picked is None:
                     break
@@ -164,11 +183,22 @@ class LocalEngine:
                 self._in_flight[stage.item_kind] += 1
                 task.add_done_callback(self._finished)
             if self._error is not None:
+                if isinstance(self._error, StoreError | OutputWriteError):
+                    await self._drain()
                 raise self._error
             if not self._running:
                 return
             self._slot_free.clear()
             await self._slot_free.wait()
+
+    async def _drain(self) -> None:
+        """The run cannot write: start nothing more, and give the requests in flight ``DRAIN``
+        seconds to come back (each item then stops at its next write: the store takes none)."""
+        if isinstance(self._error, OutputWriteError):
+            self.store.stop_writing(self._error)
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=DRAIN)
+        self.abandoned = len(self._running)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         kind = self._running.pop(task, None)
@@ -178,7 +208,14 @@ class LocalEngine:
             self._error = task.exception()
         self._slot_free.set()
 
+    @property
+    def capped(self) -> bool:
+        """The run stopped at its spending cap: a request was refused."""
+        return self.budget is not None and self.budget.exhausted
+
     def _next(self) -> tuple[Stage, Item, bool] | None:
+        if self.budget is not None and (self.budget.exhausted or self.budget.waiting):
+            return None  # what runs may use the room left under the cap
         upstream = self.pipeline.upstream
         upstream_running = sum(self._in_flight[kind] for kind in upstream)
         batched = sum(self._in_flight[kind] for kind in self._batched)
@@ -212,10 +249,16 @@ class LocalEngine:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            if self.store.dirty:
-                self.store.commit()
-                if self.output is not None:
-                    self.output.flush()
+            try:
+                if self.store.dirty:
+                    self.store.commit()
+                    if self.output is not None:
+                        self.output.flush()
+            except Exception as error:  # a full disk: the run stops, saying so
+                if self._error is None:
+                    self._error = error
+                self._slot_free.set()
+                return
             self.display.refresh()
 
     # -- one item -----------------------------------------------------------------------------
@@ -239,7 +282,10 @@ class LocalEngine:
         context = self.pipeline.context(node, self._item)
         if context is not None:
             node = replace(node, context=context)
-        outcome = await attempt(stage, node, parent, teacher)
+        try:
+            outcome = await attempt(stage, node, parent, teacher)
+        except CapReached:
+            return  # the item stays pending: a run with a higher cap continues it
         if outcome.error is not None:
             self.store.fail(node, outcome.error)
             stats.failed += 1

@@ -89,6 +89,7 @@ def render(data: ReportData, figures: Figures) -> str:
     shown = sum(1 for d in data.disciplines.values() if d.total)
     tokens_in = sum(u["tokens_in"] for u in data.usage.values())
     tokens_out = sum(u["tokens_out"] for u in data.usage.values())
+    tokens_cached = sum(u.get("tokens_cached", 0) for u in data.usage.values())
     return template.render(
         title=f"glan report: {data.run_dir.name or data.run_dir}",
         run_dir=str(data.run_dir),
@@ -109,6 +110,7 @@ def render(data: ReportData, figures: Figures) -> str:
         spread=_spread(data),
         tokens_in=tokens_in,
         tokens_out=tokens_out,
+        tokens_cached=tokens_cached,
         total_cost=sum(data.cost.values()) if data.cost is not None else None,
         reasons=[r for r in REASONS if data.curation and data.curation.counts.get(r)],
         reason_text=_REASON_TEXT,

@@ -128,7 +128,12 @@ def gather(run_dir: str | Path) -> ReportData:
             answer_chars=dict(answers),
             usage=_ordered_stages(
                 {
-                    stage: {"calls": s.calls, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out}
+                    stage: {
+                        "calls": s.calls,
+                        "tokens_in": s.tokens_in,
+                        "tokens_cached": s.tokens_cached,
+                        "tokens_out": s.tokens_out,
+                    }
                     for stage, s in spent.items()
                 }
             ),

@@ -23,7 +23,7 @@ class LocalRun:
     def counts(self) -> dict[str, dict[str, int]]:
         return self.store.counts()
 
-    def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
+    def usage(self) -> list[tuple[str, str, bool, int, int, int, int]]:
         return self.store.usage()
 
     def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:

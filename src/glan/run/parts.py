@@ -88,6 +88,9 @@ def call_schema() -> pa.Schema:
             ("latency", pa.float64()),
             ("batch", pa.bool_()),
             ("created_at", pa.float64()),
+            # of prompt_tokens, read from the server's prefix cache; parts written before glan
+            # kept it have no such column (read as 0)
+            pa.field("cached_tokens", pa.int64(), nullable=True),
         ]
     )
 
