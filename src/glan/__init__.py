@@ -9,12 +9,14 @@ The Python API is the CLI's, one function a command::
     glan.curate("runs/demo")
     glan.export("runs/demo", format="messages", to="jsonl")
     glan.report("runs/demo")
+    glan.train("runs/demo/export/messages-jsonl", "Qwen/Qwen2.5-0.5B", "models/demo")  # glan[train]
 """
 
 from glan.api import RunStatus, agenerate, generate, status
 from glan.api import plan as estimate
 from glan.config import GenerateConfig
 from glan.curation import CurateConfig, curate
+from glan.loop import TrainSettings, train
 from glan.publish.export import export
 from glan.publish.report import report
 
@@ -22,6 +24,7 @@ __all__ = [
     "CurateConfig",
     "GenerateConfig",
     "RunStatus",
+    "TrainSettings",
     "agenerate",
     "curate",
     "estimate",
@@ -29,4 +32,5 @@ __all__ = [
     "generate",
     "report",
     "status",
+    "train",
 ]

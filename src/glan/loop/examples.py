@@ -40,16 +40,17 @@ PROBLEMS = {
 }
 
 # A base model without a chat template gets this one: plain text, no new tokens, and the
-# end-of-sequence token closing each reply so generation stops there.
+# end-of-sequence token closing each reply, so that generation stops there and the reply's
+# trained tokens are the same mid-conversation and at its end.
 PLAIN_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "{{ '### Assistant:\\n' + message['content'] + eos_token + '\\n\\n' }}"
-    "{% else %}"
-    "{{ '### ' + message['role'] | capitalize + ':\\n' + message['content'] + '\\n\\n' }}"
-    "{% endif %}"
+    "{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
+    "{{ '### ' + (message['role'] | capitalize) + ':\\n' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Assistant:\\n' }}{% endif %}"
+    "{% if add_generation_prompt %}"
+    "{% if messages %}{{ '\\n\\n' }}{% endif %}{{ '### Assistant:\\n' }}"
+    "{% endif %}"
 )
 
 

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -368,8 +369,8 @@ def _threads(torch: Any, threads: int | None) -> Iterator[None]:
 
 @contextmanager
 def _quiet_libraries() -> Iterator[None]:
-    """transformers, TRL and datasets say much that is no news to a glan user; their warnings
-    and errors still show."""
+    """transformers, TRL and datasets say much that is no news to a glan user: their info
+    messages, progress bars and deprecation notices are hushed; their warnings and errors show."""
     transformers = require_train("transformers")
     datasets = require_train("datasets")
     level = transformers.logging.get_verbosity()
@@ -378,7 +379,11 @@ def _quiet_libraries() -> Iterator[None]:
     transformers.utils.logging.disable_progress_bar()  # "Loading weights", "Writing shards"
     datasets.disable_progress_bars()
     try:
-        yield
+        with warnings.catch_warnings():
+            # deprecations inside the libraries (peft asks is_gradient_checkpointing): not the
+            # user's to act on
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
     finally:
         transformers.logging.set_verbosity(level)
         if bars:
