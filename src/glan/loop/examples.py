@@ -30,6 +30,8 @@ from glan.publish.export import MANIFEST
 from glan.publish.layouts import FORMATS
 
 IGNORE = -100  # the label of a token that is not trained on
+ENCODED_COLUMNS = ("input_ids", "labels", "problem", "truncated", "skipped_turns", "tokens")
+ENCODED_COLUMNS += ("trained",)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 ROLES |= {"system": "system"}
 # why a row teaches nothing (the "problem" of an encoded row; "" when it is fine)
@@ -193,31 +195,51 @@ class Encoder:
             )
         )
 
-    def ids(self, text: str) -> list[int]:
-        # the template writes the special tokens (a BOS among them) itself
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def __call__(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        if not turns:
+        return self.many([messages])[0]
+
+    def many(self, conversations: list[list[dict[str, str]]]) -> list[dict[str, Any]]:
+        """Each conversation encoded; the texts of a batch are tokenised in one call (a fast
+        tokenizer spreads it over the CPU's threads)."""
+        texts: list[str] = []
+
+        def add(text: str) -> int:
+            texts.append(text)
+            return len(texts) - 1
+
+        plans: list[tuple[int, list[tuple[int, int | None]], int] | None] = []
+        for messages in conversations:
+            turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+            if not turns:
+                plans.append(None)
+                continue
+            whole = self.render(messages, prompt=False)
+            spans: list[tuple[int, int | None]] = []
+            for i in turns:
+                before = self.render(messages[:i], prompt=True)
+                through = whole if i == len(messages) - 1 else self.render(messages[: i + 1], False)
+                if through.startswith(before) and whole.startswith(through):
+                    spans.append((add(before), None if through == whole else add(through)))
+            plans.append((add(whole), spans, len(turns)))
+        # the template writes the special tokens (a BOS among them) itself
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return [self._labelled(plan, ids) for plan in plans]
+
+    def _labelled(
+        self, plan: tuple[int, list[tuple[int, int | None]], int] | None, ids: list[list[int]]
+    ) -> dict[str, Any]:
+        if plan is None:
             return self._nothing("no_assistant")
-        whole = self.render(messages, prompt=False)
-        input_ids = self.ids(whole)
+        whole, spans, turns = plan
+        input_ids = list(ids[whole])
         labels = [IGNORE] * len(input_ids)
         trained = 0
-        for i in turns:
-            before = self.render(messages[:i], prompt=True)
-            through = whole if i == len(messages) - 1 else self.render(messages[: i + 1], False)
-            if not (through.startswith(before) and whole.startswith(through)):
-                continue
-            start = _common_prefix(self.ids(before), input_ids)
-            end = len(input_ids)
-            if through != whole:
-                end = _common_prefix(self.ids(through), input_ids)
-            if end <= start:
-                continue
-            labels[start:end] = input_ids[start:end]
-            trained += 1
+        for before, through in spans:
+            start = _common_prefix(ids[before], input_ids)
+            end = len(input_ids) if through is None else _common_prefix(ids[through], input_ids)
+            if end > start:
+                labels[start:end] = input_ids[start:end]
+                trained += 1
         if not trained:
             return self._nothing("template")
         truncated = len(input_ids) > self.max_length
@@ -229,7 +251,7 @@ class Encoder:
             "labels": labels,
             "problem": "",
             "truncated": truncated,
-            "skipped_turns": len(turns) - trained,
+            "skipped_turns": turns - trained,
             "tokens": len(input_ids),
             "trained": sum(1 for label in labels if label != IGNORE),
         }
@@ -274,12 +296,18 @@ def encode(
     encoder = Encoder(tokenizer, max_length)
     layout = export.layout
 
-    def encode_row(row: dict[str, Any]) -> dict[str, Any]:
-        return encoder(conversation(row, layout))
+    def encode_rows(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        columns = list(batch)
+        values = zip(*batch.values(), strict=True)
+        rows = [dict(zip(columns, row, strict=True)) for row in values]
+        encoded = encoder.many([conversation(row, layout) for row in rows])
+        return {key: [e[key] for e in encoded] for key in ENCODED_COLUMNS}
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     mapped = export.train.map(
-        encode_row,
+        encode_rows,
+        batched=True,
+        batch_size=1000,
         remove_columns=export.train.column_names,
         cache_file_name=str(cache_dir / "encoded.arrow"),
         new_fingerprint="glan-train-encoded",  # the tokenizer is not worth hashing

@@ -104,17 +104,17 @@ def plan(examples: int, settings: TrainSettings, devices: int = 1) -> Plan:
         why = "a batch is never larger than the data"
         asked = f"--batch-size {settings.batch_size}"
     per_device = max(1, min(settings.per_device_batch_size, batch // devices))
-    if per_device < settings.per_device_batch_size:
-        scaled.append(
-            f"--per-device-batch-size {settings.per_device_batch_size} -> {per_device}: the"
-            f" batch is {batch}"
-        )
     accumulation = max(1, batch // (per_device * devices))
     effective = per_device * devices * accumulation
     wanted = PAPER_BATCH if settings.batch_size is None else settings.batch_size
     if effective != wanted:
         rounding = ", a whole number of device batches" if effective != batch else ""
         scaled.append(f"{asked} -> {effective}: {why}{rounding}")
+    if per_device < settings.per_device_batch_size:
+        scaled.append(
+            f"--per-device-batch-size {settings.per_device_batch_size} -> {per_device}: the"
+            f" batch is {effective}"
+        )
     micro_batches = math.ceil(examples / (per_device * devices))
     steps_per_epoch = max(1, math.ceil(micro_batches / accumulation))
     steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
@@ -375,7 +375,7 @@ def _quiet_libraries() -> Iterator[None]:
     datasets = require_train("datasets")
     level = transformers.logging.get_verbosity()
     bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.logging.set_verbosity_error()
+    transformers.logging.set_verbosity_warning()
     transformers.utils.logging.disable_progress_bar()  # "Loading weights", "Writing shards"
     datasets.disable_progress_bars()
     try:
