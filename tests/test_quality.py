@@ -150,11 +150,12 @@ def test_a_killed_review_resumes_without_asking_again(run, teacher, make_config,
     process.wait()
     done = _done(run, "judgement")
     assert 4 <= done < 12, "the kill should land mid-run"
+    paid = _judge_calls(run)  # replies stored, their items done or not yet
     teacher.latency = 0
     before = teacher.request_count
     result = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert teacher.request_count - before == 12 - done  # only the unjudged pairs are asked
+    assert teacher.request_count - before == 12 - paid  # only what had no stored reply
     assert _done(run, "judgement") == 12
 
 
@@ -188,6 +189,14 @@ def _reviews(run: Path) -> dict[str, Any]:
     store = Store.open(run, readonly=True)
     try:
         return reviews(store)
+    finally:
+        store.close()
+
+
+def _judge_calls(run: Path) -> int:
+    store = Store.open(run, readonly=True)
+    try:
+        return sum(row[3] for row in store.usage() if row[0] == "judge")
     finally:
         store.close()
 

@@ -12,12 +12,14 @@ The Python API is the CLI's, one function a command::
     glan.judge("runs/demo", config.model_copy(update={"judge": True, "verify": 4}))
     glan.evaluate("runs/demo", glan.Side("http://localhost:8001/v1"),
                   glan.Side("http://localhost:8002/v1"), config)   # GLAN-Test
+    glan.train("runs/demo/export/messages-jsonl", "Qwen/Qwen2.5-0.5B", "models/demo")  # glan[train]
 """
 
 from glan.api import RunStatus, agenerate, generate, status
 from glan.api import plan as estimate
 from glan.config import GenerateConfig
 from glan.curation import CurateConfig, curate
+from glan.loop import TrainSettings, train
 from glan.loop.eval import Side, evaluate
 from glan.publish.export import export
 from glan.publish.report import report
@@ -28,6 +30,7 @@ __all__ = [
     "GenerateConfig",
     "RunStatus",
     "Side",
+    "TrainSettings",
     "agenerate",
     "curate",
     "estimate",
@@ -37,4 +40,5 @@ __all__ = [
     "judge",
     "report",
     "status",
+    "train",
 ]

@@ -1,7 +1,7 @@
 """The ``glan`` command: the app, and its commands gathered from one module per group.
 
 ``generate`` (generate, estimate), ``status``, ``curate``, ``publish`` (export, report),
-``taxonomy`` (a package: build, review, edit, show) and ``prompts``; the modules mirror the
+``train`` (train; GLAN-Test's eval will join it), ``taxonomy`` (a package: build, review, edit, show) and ``prompts``; the modules mirror the
 packages of ``glan`` they drive. What they share, above all the one way a
 command fails, is in ``common``.
 """
@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import typer
 
-from glan.cli import curate, evaluate, generate, judge, prompts, publish, status, taxonomy
+from glan.cli import (
+    curate,
+    evaluate,
+    generate,
+    judge,
+    prompts,
+    publish,
+    status,
+    taxonomy,
+    train,
+)
 
 app = typer.Typer(
     help=(
@@ -31,6 +41,7 @@ for group in (
     curate,
     publish,
     evaluate,
+    train,
     taxonomy,
     prompts,
 ):  # in the order --help lists them

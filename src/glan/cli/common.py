@@ -29,6 +29,7 @@ from rich.markup import escape
 from glan.config import ConfigError
 from glan.curation import CurationError, MissingExtraError
 from glan.llm.errors import FatalLLMError
+from glan.loop.errors import TrainError
 from glan.publish.export import ExportError
 from glan.publish.report import ReportError
 from glan.run import is_run
@@ -56,6 +57,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     RunLockedError,
     StoreError,
     TaxonomyError,
+    TrainError,
 )
 RERUN = "; nothing received is lost: fix it and run the same command again"
 

@@ -1,1 +1,15 @@
-"""Closing the loop: train a model on a run's data (train), then judge it the GLAN way (eval)."""
+"""Close the loop: train a model on a glan export, then judge it the GLAN way.
+
+``train`` (``glan train``): supervised fine-tuning with TRL on an export, loss on the assistant
+turns only, the paper's settings by default. The model side lives here so the generator's
+install stays light: everything it imports comes with ``pip install "glan[train]"`` and is
+imported only when a model is trained.
+
+GLAN-Test (``glan eval``: two models' answers on the held-out split, judged pairwise) is in
+``glan.loop.eval``, its workflow in ``glan.loop.eval_stages``.
+"""
+
+from glan.loop.errors import TrainError
+from glan.loop.train import TrainResult, TrainSettings, train
+
+__all__ = ["TrainError", "TrainResult", "TrainSettings", "train"]
