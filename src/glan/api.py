@@ -16,6 +16,7 @@ from glan.costs.progress import LABELS, LiveProgress, LogProgress, NoProgress, R
 from glan.engine.local import Limits, LocalEngine
 from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
+from glan.llm.negotiation import stored_negotiator
 from glan.prompts import prompts_for
 from glan.run import Run, is_run, open_run
 from glan.run.batches import SqliteBatchRecords
@@ -103,7 +104,11 @@ async def _generate_locally(
         stats = _begin(store, config, taxonomy)
         output = JsonlOutput(run_dir / OUTPUT_NAME)
         output.open(store)
-        client = OpenAIClient.for_settings(config, base_url, api_key, config.limits())
+        # the structured mode found by an earlier run on this endpoint is used without probing
+        negotiator = stored_negotiator(config.structured_output, base_url, store)
+        client = OpenAIClient.for_settings(
+            config, base_url, api_key, config.limits(), negotiator=negotiator
+        )
         # --batch: the wide stages go through the provider's batch API, the others stay online.
         batch = None
         if config.batch:

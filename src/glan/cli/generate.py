@@ -67,6 +67,11 @@ RUN_OPTIONS = [
     ),
     option("api_key", str | None, help="API key. \\[default: $OPENAI_API_KEY]"),
     option(
+        "structured_output",
+        str | None,
+        help="How to ask for JSON: auto (try json_schema, json_object+schema, json+value, then the schema in the prompt, and keep the first the server takes), or one of those to force it. \\[default: auto]",
+    ),
+    option(
         "config",
         Path | None,
         "--config",

@@ -43,6 +43,11 @@ BUILD_OPTIONS = [
         help="OpenAI-compatible endpoint. \\[default: $OPENAI_BASE_URL or OpenAI]",
     ),
     field_option(BuildConfig, "api_key", help="API key. \\[default: $OPENAI_API_KEY]"),
+    option(
+        "structured_output",
+        str | None,
+        help="How to ask for JSON: auto (found by trying), json_schema, json_object+schema, json+value or prompt. \\[default: auto]",
+    ),
     field_option(
         BuildConfig,
         "language",
