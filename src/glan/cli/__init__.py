@@ -1,6 +1,6 @@
 """The ``glan`` command: the app, and its commands gathered from one module per group.
 
-``generate`` (generate, estimate), ``status``, ``curate``, ``publish`` (export, report),
+``generate`` (generate, estimate), ``check``, ``status``, ``curate``, ``publish`` (export, report),
 ``taxonomy`` (a package: build, review, edit, show) and ``prompts``; the modules mirror the
 packages of ``glan`` they drive. What they share, above all the one way a
 command fails, is in ``common``.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from glan.cli import curate, generate, prompts, publish, status, taxonomy
+from glan.cli import check, curate, generate, prompts, publish, status, taxonomy
 
 app = typer.Typer(
     help=(
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 for group in (
     generate,
+    check,
     status,
     curate,
     publish,

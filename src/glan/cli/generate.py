@@ -69,7 +69,7 @@ RUN_OPTIONS = [
     option(
         "structured_output",
         str | None,
-        help="How to ask for JSON: auto (try json_schema, json_object+schema, json+value, then the schema in the prompt, and keep the first the server takes), or one of those to force it. \\[default: auto]",
+        help="How to ask for JSON: auto (try json_schema, json_object+schema, json+value, then the schema in the prompt, and keep the first the server takes; glan check shows it), or one of those to force it. \\[default: auto]",
     ),
     option(
         "config",

@@ -222,7 +222,7 @@ class OpenAIClient:
         self._reached = True
         limiter.learn(headers)
         if status == 200:
-            if not _is_completion(payload):
+            if not is_completion(payload):
                 limiter.settle(estimate, 0)
                 if not self._served:
                     raise FatalLLMError(not_openai(self.base_url, status, headers, payload))
@@ -253,7 +253,7 @@ class OpenAIClient:
                 f" and that the model '{request.model}' exists there"
             )
         if mode is not None and mode != "prompt" and is_refusal(status, message, payload):
-            return _Refused(f"HTTP {status}: {_one_line(message)}")
+            return _Refused(f"HTTP {status}: {one_line(message)}")
         if status not in RETRY_STATUSES:
             if _is_page(payload, headers) and not self._served:
                 raise FatalLLMError(not_openai(self.base_url, status, headers, payload))
@@ -300,7 +300,7 @@ def check_base_url(base_url: str) -> None:
         )
 
 
-def _is_completion(payload: Any) -> bool:
+def is_completion(payload: Any) -> bool:
     return isinstance(payload, dict) and "choices" in payload
 
 
@@ -314,7 +314,7 @@ def _is_page(payload: Any, headers: Any) -> bool:
     return "html" in kind.lower() or text.startswith(("<!doctype", "<html", "<head", "<body"))
 
 
-def _one_line(text: str, limit: int = 200) -> str:
+def one_line(text: str, limit: int = 200) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
@@ -323,7 +323,7 @@ def describe_body(payload: Any, headers: Any = None) -> str:
     """What came back instead of a chat completion, in a few words."""
     if _is_page(payload, headers):
         match = _TITLE.search(payload) if isinstance(payload, str) else None
-        title = _one_line(html.unescape(match.group(1)), 80) if match else ""
+        title = one_line(html.unescape(match.group(1)), 80) if match else ""
         return f"an HTML page {title!r}" if title else "an HTML page"
     if isinstance(payload, dict):
         keys = ", ".join(list(payload)[:6]) or "none"
@@ -332,7 +332,7 @@ def describe_body(payload: Any, headers: Any = None) -> str:
         return "a JSON list"
     if payload is None:
         return "an empty body"
-    return repr(_one_line(str(payload), 80))
+    return repr(one_line(str(payload), 80))
 
 
 def not_openai(base_url: str, status: int, headers: Any, payload: Any) -> str:
@@ -359,7 +359,7 @@ def error_message(payload: Any) -> str:
         return str(payload.get("message") or payload.get("detail") or "")
     if isinstance(payload, str) and _is_page(payload, None):
         return describe_body(payload)
-    return _one_line(str(payload or ""), 300)
+    return one_line(str(payload or ""), 300)
 
 
 def retry_after_seconds(headers: Any) -> float | None:
