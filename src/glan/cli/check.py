@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from glan.cli.common import command, fail, option, out, setup_logging, takes, user_errors
+from glan.cli.generate import local_teacher
 from glan.config import GenerateConfig, resolve_endpoint
 from glan.llm.probe import ProbeReport, probe
 
@@ -39,6 +40,13 @@ CHECK_OPTIONS = [
         "-c",
         help="A run's YAML config: its base_url, api_key, model and structured_output are checked.",
     ),
+    option(
+        "local_model",
+        str | None,
+        "--local-model",
+        metavar="[FILE.gguf]",
+        help="Check llama.cpp's server with this GGUF (alone: the bundled SmolLM2-135M), started on 127.0.0.1 and stopped after.",
+    ),
     option("verbose", bool, "--verbose", "-v", default=False, help="Log each request."),
 ]
 
@@ -60,7 +68,8 @@ def check(**options: Any) -> None:
     when a run would not get far.
     """
     setup_logging(options.pop("verbose"))
-    with user_errors():
+    local_model = options.pop("local_model")
+    with user_errors(), local_teacher(local_model, options):
         settings = GenerateConfig.load(
             options.pop("config"), **{k: v for k, v in options.items() if v is not None}
         )

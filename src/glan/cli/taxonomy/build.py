@@ -63,6 +63,7 @@ BUILD_OPTIONS = [
         BuildConfig, "max_children", help="Children to ask for per node below the fields, at most."
     ),
     field_option(BuildConfig, "temperature", help="Sampling temperature."),
+    field_option(BuildConfig, "max_tokens", help="Most tokens of one reply."),
     field_option(BuildConfig, "seed", help="Seed sent with each request."),
     field_option(BuildConfig, "concurrency", help="Requests in flight."),
     field_option(
