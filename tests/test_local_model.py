@@ -89,3 +89,17 @@ def test_a_grammar_server_gets_a_schema_without_empty_lists_or_strings():
     assert response_format("json_object+schema", schema, "S")["schema"] == tight
     assert response_format("json+value", schema, "S")["value"] == tight
     assert response_format("json_schema", schema, "S")["json_schema"]["schema"] == schema
+
+
+def test_the_bundled_models_replies_are_capped_unless_the_config_sets_them(tmp_path):
+    from glan.cli.generate import BUNDLED_MAX_TOKENS, capped_for_the_bundled_model
+    from glan.config import GenerateConfig
+
+    capped = capped_for_the_bundled_model(GenerateConfig())
+    assert {n: capped.stage(n).max_tokens for n in BUNDLED_MAX_TOKENS} == BUNDLED_MAX_TOKENS
+    assert capped.stage("syllabus").temperature == 1.0  # only max_tokens changes
+    config = tmp_path / "run.yaml"
+    config.write_text("stages:\n  syllabus: {max_tokens: 2000}\n", encoding="utf-8")
+    mine = capped_for_the_bundled_model(GenerateConfig.load(config))
+    assert mine.stage("syllabus").max_tokens == 2000
+    assert mine.stage("answer").max_tokens == BUNDLED_MAX_TOKENS["answer"]

@@ -11,7 +11,13 @@ from conftest import read_rows
 from glan import api
 from glan.llm.client import OpenAIClient
 from glan.llm.negotiation import MODES_META, Negotiator, is_refusal
-from glan.llm.structured import body_for, conforms, extract_json, json_schema_of
+from glan.llm.structured import (
+    body_for,
+    conforms,
+    extract_json,
+    grammar_schema,
+    json_schema_of,
+)
 from glan.llm.types import ChatRequest
 from glan.run.store import Store
 from glan.stages.subjects import SubjectList
@@ -102,11 +108,12 @@ def test_each_mode_spells_the_schema_its_servers_way():
         model="m", messages=({"role": "user", "content": "list"},), schema=SCHEMA, schema_name="S"
     )
     assert body_for(request, "json_schema")["response_format"]["json_schema"]["schema"] == SCHEMA
+    grammar = grammar_schema(SCHEMA)  # lists and strings need an item, a character
     assert body_for(request, "json_object+schema")["response_format"] == {
         "type": "json_object",
-        "schema": SCHEMA,
+        "schema": grammar,
     }
-    assert body_for(request, "json+value")["response_format"] == {"type": "json", "value": SCHEMA}
+    assert body_for(request, "json+value")["response_format"] == {"type": "json", "value": grammar}
     in_prompt = body_for(request, "prompt")
     assert "response_format" not in in_prompt
     assert '"subjects"' in in_prompt["messages"][-1]["content"]

@@ -227,6 +227,8 @@ def generate(**options: Any) -> None:
             settings = run_config(options)
             if local is not None:  # a small machine writes a long reply slowly
                 settings = settings.model_copy(update={"timeout": max(settings.timeout, 900.0)})
+                if local.model.name == BUNDLED_GGUF:
+                    settings = capped_for_the_bundled_model(settings)
             print_plan(api.plan(settings), brief=True, batched=settings.batch)
             result = api.generate(settings, out, progress=mode)
     print_status(result)
@@ -279,6 +281,34 @@ def local_teacher(model: str | None, options: dict[str, Any]) -> Iterator[LocalS
         options["model"] = options.get("model") or server.alias
         options["answer_model"] = options.get("answer_model") or options["model"]
         yield server
+
+
+# Replies of the bundled 135M model, which often writes on until max_tokens: the paper's 4096
+# tokens per syllabus take many minutes at its 5-20 tokens/s, and are not better for it.
+BUNDLED_MAX_TOKENS = {"subjects": 256, "syllabus": 512, "question": 128, "answer": 256}
+
+
+def capped_for_the_bundled_model(settings: GenerateConfig) -> GenerateConfig:
+    """Each stage's max_tokens at most BUNDLED_MAX_TOKENS, unless the config file set it."""
+    stages, update = settings.stages, {}
+    for name, cap in BUNDLED_MAX_TOKENS.items():
+        stage = getattr(stages, name)
+        given = (
+            "stages" in settings.model_fields_set
+            and name in stages.model_fields_set
+            and "max_tokens" in stage.model_fields_set
+        )
+        if not given:
+            update[name] = stage.model_copy(
+                update={"max_tokens": min(stage.max_tokens or cap, cap)}
+            )
+    if update:
+        caps = "/".join(str(BUNDLED_MAX_TOKENS[name]) for name in BUNDLED_MAX_TOKENS)
+        err.print(
+            f"the bundled model's replies are capped at {caps} tokens (subjects/syllabus/question/"
+            "answer); stages.NAME.max_tokens in a --config file sets them"
+        )
+    return settings.model_copy(update={"stages": stages.model_copy(update=update)})
 
 
 SMALL_MODEL = "; a 135M model shows the pipeline working, not the quality of the data"

@@ -100,7 +100,8 @@ class Negotiator:
         if index == state.index and index + 1 < len(MODES):
             state.index += 1
             state.confirmed = False
-            log.warning(
+            log.log(
+                _level(state.index),
                 "the server refused structured output as %s for %s (%s); trying %s",
                 mode,
                 model,
@@ -119,7 +120,8 @@ class Negotiator:
         if state.confirmed or index + 1 >= len(MODES):
             return False
         state.index += 1
-        log.warning(
+        log.log(
+            _level(state.index),
             "the reply to structured output as %s for %s does not follow the schema (the server"
             " may ignore it); trying %s",
             mode,
@@ -137,6 +139,12 @@ class Negotiator:
         log.info("structured output for %s: %s", model, mode)
         if self.forced is None and self._on_learn is not None:
             self._on_learn(model, mode)
+
+
+def _level(index: int) -> int:
+    """Moving on is how negotiation works (said with -v); ending with the schema in the prompt,
+    which a model may not follow, is worth a warning."""
+    return logging.WARNING if MODES[index] == "prompt" else logging.INFO
 
 
 class Meta(Protocol):
