@@ -19,10 +19,17 @@ from test_cli import generate_args
 from test_cli_errors import one_line
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # glan hangs up once it has seen enough: no broken pipe tracebacks on stderr
+
+
 @contextmanager
 def serving(handler) -> Iterator[str]:
     """An http.server on 127.0.0.1; yields its ``/v1`` base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -132,3 +139,12 @@ def test_a_base_url_that_is_not_http_is_refused_at_once(tmp_path, url):
     assert seconds < 10
     build = run_glan("taxonomy", "build", "--out", str(tmp_path / "t.yaml"), "--base-url", url)
     one_line(build, 1, "is not an http:// or https:// URL")
+
+
+def test_check_says_a_web_server_is_no_openai_api(tmp_path):
+    with serving(partial(_Quiet, directory=str(tmp_path))) as base_url:
+        result = run_glan("check", "--base-url", base_url, "--api-key", "x")
+    one_line(result, 1, f"the server at {base_url} is not an OpenAI-compatible API")
+    with json_without_choices() as base_url:
+        result = run_glan("check", "--base-url", base_url, "--api-key", "x")
+    one_line(result, 1, "JSON without 'choices'")

@@ -157,7 +157,11 @@ async def _generate_on_ray(
     store = Store.open(state.path)
     try:
         stats = _begin(store, config, taxonomy)
-        async with OpenAIClient.for_settings(config, *endpoint, config.limits()) as client:
+        negotiator = stored_negotiator(config.structured_output, endpoint[0], store)
+        client = OpenAIClient.for_settings(
+            config, *endpoint, config.limits(), negotiator=negotiator
+        )
+        async with client:
             engine = RayEngine(
                 config, store, state, client, endpoint, stats, _display(progress, stats)
             )

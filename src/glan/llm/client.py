@@ -255,7 +255,7 @@ class OpenAIClient:
         if mode is not None and mode != "prompt" and is_refusal(status, message, payload):
             return _Refused(f"HTTP {status}: {one_line(message)}")
         if status not in RETRY_STATUSES:
-            if _is_page(payload, headers) and not self._served:
+            if is_page(payload, headers) and not self._served:
                 raise FatalLLMError(not_openai(self.base_url, status, headers, payload))
             raise RequestFailed(f"HTTP {status}: {message}")
         return f"HTTP {status}: {message}", retry_after_seconds(headers)
@@ -307,7 +307,7 @@ def is_completion(payload: Any) -> bool:
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
-def _is_page(payload: Any, headers: Any) -> bool:
+def is_page(payload: Any, headers: Any) -> bool:
     """An HTML page (a web server's, not an API's)."""
     kind = (headers.get("Content-Type") or "") if headers is not None else ""
     text = payload.lstrip()[:100].lower() if isinstance(payload, str) else ""
@@ -321,7 +321,7 @@ def one_line(text: str, limit: int = 200) -> str:
 
 def describe_body(payload: Any, headers: Any = None) -> str:
     """What came back instead of a chat completion, in a few words."""
-    if _is_page(payload, headers):
+    if is_page(payload, headers):
         match = _TITLE.search(payload) if isinstance(payload, str) else None
         title = one_line(html.unescape(match.group(1)), 80) if match else ""
         return f"an HTML page {title!r}" if title else "an HTML page"
@@ -357,7 +357,7 @@ def error_message(payload: Any) -> str:
         if isinstance(error, str):
             return error
         return str(payload.get("message") or payload.get("detail") or "")
-    if isinstance(payload, str) and _is_page(payload, None):
+    if isinstance(payload, str) and is_page(payload, None):
         return describe_body(payload)
     return one_line(str(payload or ""), 300)
 

@@ -22,6 +22,7 @@ from glan.llm.client import (
     describe_body,
     error_message,
     is_completion,
+    is_page,
     not_openai,
     one_line,
 )
@@ -194,7 +195,9 @@ async def _run(state: _Probe, report: ProbeReport, structured: str) -> None:
     if status in (401, 403):
         report.stop("API key", _key_problem(base_url, status, payload))
         return
-    if status == 200 and not is_completion(payload):
+    if (status == 200 and not is_completion(payload)) or (
+        status != 200 and is_page(payload, headers)
+    ):
         report.stop("chat", not_openai(base_url, status, headers, payload))
         return
     if status == 404:
