@@ -184,8 +184,8 @@ class OpenAIClient:
         """Whether a structured reply is the one to return, or the mode was ignored and the
         request is to be asked again in the next one (see ``negotiation``)."""
         assert request.schema is not None
-        if response.truncated:
-            return True  # cut off at max_tokens: says nothing about the mode
+        if response.truncated or self.negotiator.confirmed(request.model) == mode:
+            return True  # cut off at max_tokens, it says nothing; or the mode is known to work
         if conforms(response.text, request.schema):
             self.negotiator.worked(request.model, mode)
             return True
