@@ -77,6 +77,7 @@ def ids_after(fake: FakeTeacher, first: int) -> Counter[str]:
 
 
 def test_batch_run_gives_the_online_rows_at_the_batch_price(tmp_path, fake, make_config):
+    fake.prefix_cache = None  # cached tokens would depend on what the fake saw first
     priced = {"model": "gpt-4o", "answer_model": "gpt-4o-mini"}  # in the bundled price table
     online_status = api.generate(make_config(**priced), tmp_path / "online", progress="none")
     online = {row["id"]: row for row in read_rows(tmp_path / "online")}

@@ -49,11 +49,15 @@ def test_spend_is_priced_per_stage_and_model(tmp_path, teacher, make_config):
     table = PriceTable.load()
     answers = result.stages["answer"]
     assert answers.cost == pytest.approx(
-        table.cost("gpt-4o-mini", answers.tokens_in, answers.tokens_out)
+        table.cost(
+            "gpt-4o-mini", answers.tokens_in, answers.tokens_out, cached=answers.tokens_cached
+        )
     )
     questions = result.stages["question"]
     assert questions.cost == pytest.approx(
-        table.cost("gpt-4o", questions.tokens_in, questions.tokens_out)
+        table.cost(
+            "gpt-4o", questions.tokens_in, questions.tokens_out, cached=questions.tokens_cached
+        )
     )
     assert result.cost > answers.cost > 0
 

@@ -110,6 +110,7 @@ def test_every_layout_and_target_reads_back(tmp_path, run, layout, to):
         else:
             assert (row["instruction"], row["input"], row["output"]) == (question, "", answer)
         meta = {k: "" if v is None else v for k, v in original["meta"].items()}
+        meta.update(turns=1, followup_kinds=[])  # a single-turn row, as a conversation reads it
         assert {key: row[key] for key in LINEAGE} == meta
 
 

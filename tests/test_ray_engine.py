@@ -266,3 +266,40 @@ def test_pools_that_cannot_fit_are_refused_not_waited_for(cluster, tmp_path, mak
     config = ray_config(make_config, ray={"workers": 4, "worker_cpus": 0.5})
     with pytest.raises(ConfigError, match=r"need 4\.25 CPUs; the Ray cluster has 2"):
         api.generate(config, tmp_path, progress="none")
+
+
+def test_the_workers_keep_to_the_runs_cost_cap(cluster, tmp_path, teacher, make_config):
+    """--max-cost on Ray: the driver's meter holds the one budget every worker reserves
+    against; the job stops before the cap, leaves the rest pending, and a higher cap resumes."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "models:\n"
+        "  teacher-big: {input: 2.0, output: 8.0}\n"
+        "  teacher-small: {input: 1.0, output: 2.0}\n",
+        encoding="utf-8",
+    )
+    tight = {  # worst cases near what the fake teacher writes
+        "subjects": {"max_tokens": 1500},
+        "syllabus": {"max_tokens": 1500},
+        "question": {"max_tokens": 400},
+        "answer": {"max_tokens": 400},
+    }
+    sized = {"prices": prices, "stages": tight, "questions_per_syllabus": 5}
+    local = api.generate(make_config(**sized), tmp_path / "local", progress="none")
+    narrow = local.stages["subjects"].cost + local.stages["syllabus"].cost
+    cap = narrow + 0.5 * (local.cost - narrow)
+    teacher.reset()
+
+    capped = api.generate(
+        ray_config(make_config, **sized, max_cost=cap), tmp_path / "ray", progress="none"
+    )
+    assert capped.capped and 0 < capped.cost <= cap
+    assert capped.failed == 0 and 0 < capped.rows < 20
+    assert capped.stages["syllabus"].done == 4  # the narrow stages fit: the wide ones were cut
+
+    resumed = api.generate(
+        ray_config(make_config, **sized, max_cost=10.0), tmp_path / "ray", progress="none"
+    )
+    assert resumed.complete and not resumed.capped and resumed.rows == 20
+    bodies = [canonical_bytes(body) for body in teacher.requests]
+    assert len(bodies) == len(set(bodies))  # nothing was asked twice

@@ -39,13 +39,17 @@ from glan.run.ray_parts import (
     failures,
     finished_keys,
     keys_of,
+    stored_replies,
     wide_usage,
 )
 from glan.run.store import Store
 
 WIDE = ("question", "answer")
 PRICES = PriceTable(
-    models={"teacher-big": Price(input=3, output=15), "teacher-small": Price(input=1, output=2)}
+    models={
+        "teacher-big": Price(input=3, cached_input=0.3, output=15),
+        "teacher-small": Price(input=1, output=2),
+    }
 )
 
 
@@ -74,7 +78,8 @@ def to_ray(local: Path, out: Path, leave_out: int = 0) -> list[dict[str, Any]]:
         write_parts(location, ROWS, row_schema(), [kept[:half], [*kept[half:], kept[0]]])
         cursor = store.db.execute(
             "SELECT key, node_id, stage, model, request, text, finish_reason, prompt_tokens,"
-            " completion_tokens, latency, batch, created_at FROM calls WHERE stage IN (?, ?)",
+            " completion_tokens, latency, batch, created_at, cached_tokens FROM calls"
+            " WHERE stage IN (?, ?)",
             WIDE,
         )
         names = [column[0] for column in cursor.description]
@@ -136,6 +141,23 @@ def test_status_of_a_ray_run_is_that_of_the_local_run(tmp_path, local_run):
     finally:
         local_store.close()
     assert sorted(wide_usage(location)) == sorted(local_usage)
+    assert any(usage[6] for usage in local_usage)  # the fake teacher reports cached tokens
+
+
+def test_calls_parts_of_an_older_glan_read_as_nothing_cached(tmp_path, local_run):
+    """Parts written before calls/ had a cached_tokens column still count, as 0 cached."""
+    ray = tmp_path / "ray"
+    to_ray(local_run, ray)
+    location = RunLocation.of(str(ray))
+    for path in location.parts(CALLS):  # rewrite each part without the column
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["cached_tokens"]), path)
+    assert "cached_tokens" not in pq.read_schema(location.parts(CALLS)[0]).names
+    usage = wide_usage(location)
+    assert usage and all(entry[6] == 0 for entry in usage)
+    assert sum(entry[3] for entry in usage) == 24  # 12 questions, 12 answers
+    replies = stored_replies(location, np.empty(0, dtype=np.uint64))
+    assert len(replies) == 24 and {r.cached_tokens for r in replies.values()} == {0}
 
 
 def test_keys_of_agrees_with_node_key():

@@ -73,7 +73,11 @@ def crafted_run(directory: Path) -> Path:
     ):
         request = ChatRequest(model=model, messages=({"role": "user", "content": f"call {n}"},))
         response = ChatResponse(
-            text="x", prompt_tokens=tokens_in, completion_tokens=tokens_out, model=model
+            text="x",
+            prompt_tokens=tokens_in,
+            completion_tokens=tokens_out,
+            model=model,
+            cached_tokens=tokens_in // 2 if stage == "question" else 0,
         )
         store.save_call(request, response, node_id=f"n{n}", stage=stage)
     store.commit()
@@ -113,6 +117,9 @@ def test_report_contains_every_section_and_opens_offline(tmp_path):
     # tokens and cost per stage
     for stage, tokens in (("syllabus", "12,000"), ("question", "50,000"), ("answer", "90,000")):
         assert re.search(rf"<td>{stage}</td>.*?{tokens}", page)
+    # the share of prompt tokens read from the provider's cache: 25,000 of the questions' 50,000
+    assert re.search(r"<td>question</td>.*?<td class=\"num\">50%</td>", page)
+    assert "25% of this run's prompt tokens were cached" in page  # of 102,000 in all
     store = Store.open(run)
     spent = cost_by_stage(store)
     store.close()

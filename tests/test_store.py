@@ -10,7 +10,7 @@ import pytest
 from glan.items import NewItem
 from glan.llm.types import ChatRequest, ChatResponse
 from glan.run.jsonl import JsonlOutput
-from glan.run.store import MIGRATIONS, Store, StoreError
+from glan.run.store import DB_NAME, MIGRATIONS, Store, StoreError
 
 
 def answer(i: int) -> NewItem:
@@ -23,7 +23,7 @@ def test_calls_are_cached_by_request(tmp_path):
     assert store.cached_call(ask.key) is None
     store.save_call(
         ask,
-        ChatResponse(text="y", prompt_tokens=3, completion_tokens=4),
+        ChatResponse(text="y", prompt_tokens=3, completion_tokens=4, cached_tokens=2),
         node_id="n",
         stage="answer",
     )
@@ -31,7 +31,29 @@ def test_calls_are_cached_by_request(tmp_path):
     store = Store.open(tmp_path)
     cached = store.cached_call(ask.key)
     assert cached is not None and cached.text == "y" and cached.cached
-    assert store.usage() == [("answer", "m", False, 1, 3, 4)]
+    assert cached.cached_tokens == 2
+    assert store.usage() == [("answer", "m", False, 1, 3, 4, 2)]
+    store.close()
+
+
+def test_a_store_of_schema_1_gains_the_cached_tokens_column(tmp_path):
+    """Runs written before glan counted cached tokens open, keep their calls, and read them as
+    0 cached (issue 10, item 4)."""
+    db = sqlite3.connect(tmp_path / DB_NAME)
+    db.executescript(MIGRATIONS[0])
+    db.execute(
+        "INSERT INTO calls (key, node_id, stage, model, request, text, finish_reason,"
+        " prompt_tokens, completion_tokens, latency, batch, created_at)"
+        " VALUES ('k', 'n', 'answer', 'm', x'00', 'y', 'stop', 3, 4, 0.1, 0, 0)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = Store.open(tmp_path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert store.usage() == [("answer", "m", False, 1, 3, 4, 0)]
+    reply = store.cached_call("k")
+    assert reply is not None and reply.cached_tokens == 0
     store.close()
 
 

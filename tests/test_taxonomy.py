@@ -296,10 +296,19 @@ def test_names_are_stripped_and_numbers_read_as_text() -> None:
 # ------------------------------------------------------------------------------------- select
 
 
-def test_select_none_or_empty_is_all(small: Taxonomy) -> None:
+def test_select_none_is_all(small: Taxonomy) -> None:
     assert small.select(None) == small.disciplines()
-    assert small.select([]) == small.disciplines()
-    assert small.select(["", "  "]) == small.disciplines()
+
+
+@pytest.mark.parametrize("names", [[], [""], ["", "  "], "  "])
+def test_an_empty_selection_is_an_error_not_everything(small: Taxonomy, names) -> None:
+    """Issue 10: ``--disciplines "$EMPTY"`` once selected the whole taxonomy (56,380 pairs)."""
+    with pytest.raises(TaxonomyError, match="selection of disciplines is empty"):
+        small.select(names)
+
+
+def test_blank_names_beside_real_ones_are_ignored(small: Taxonomy) -> None:
+    assert paths(small.select(["Logic", " ", ""])) == ["Formal Science > Logic"]
 
 
 def test_select_by_leaf_name(small: Taxonomy) -> None:

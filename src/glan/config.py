@@ -64,6 +64,17 @@ class Stages(BaseModel):
     syllabus: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=4096)
     question: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=1024)
     answer: StageSettings = StageSettings(temperature=0.7, top_p=0.95, max_tokens=2048)
+    # Quality (glan judge): the judge scores at T=0; more answers are sampled as answers are.
+    judge: StageSettings = StageSettings(temperature=0.0, max_tokens=1024)
+    verify: StageSettings = StageSettings(temperature=0.7, top_p=0.95, max_tokens=2048)
+    # Conversations (--turns > 1): the student's follow-up is sampled like a question, the
+    # teacher's reply like an answer (and, unless set here, by the answer model).
+    followup: StageSettings = StageSettings(temperature=1.0, top_p=0.95, max_tokens=1024)
+    reply: StageSettings = StageSettings(temperature=0.7, top_p=0.95, max_tokens=2048)
+
+
+# What a student asks after an answer (--turns > 1), each with its default weight.
+FOLLOWUP_KINDS = ("clarify", "variant", "next_step", "later_session", "check_attempt")
 
 
 class RateLimit(BaseModel):
@@ -108,10 +119,20 @@ class GenerateConfig(BaseModel):
     max_subjects_per_discipline: int | None = Field(default=None, ge=1)
     questions_per_syllabus: int = Field(default=10, ge=0)
     challenging_ratio: float = Field(default=0.5, ge=0, le=1)
+    # uniform: the paper's sampling; cover: every session and key concept before any repeats
+    question_sampling: Literal["uniform", "cover"] = "uniform"
     single_turn: bool = False
+    # user turns per conversation: 1 is the paper's question and answer; each more turn is a
+    # student's follow-up and the teacher's reply
+    turns: int = Field(default=1, ge=1, le=50)
+    followup_mix: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(FOLLOWUP_KINDS, 1.0)
+    )
     seed: int = 0
     stages: Stages = Stages()
     prices: AnyPath | None = None  # price table YAML; None: the bundled one
+    # USD the run directory may spend in all (every invocation's spend counts); None: no cap
+    max_cost: float | None = Field(default=None, ge=0)
     # engine
     engine: Literal["local", "ray"] = "local"
     ray: RayOptions = RayOptions()
@@ -123,12 +144,19 @@ class GenerateConfig(BaseModel):
     max_retries: int = Field(default=6, ge=0)
     retry_backoff: float = Field(default=1.0, ge=0)  # seconds; doubles each retry, with jitter
     repair_attempts: int = Field(default=2, ge=0)
-    # provider batch API (--batch): questions and answers at the batch price; see docs/batch.md
+    # provider batch API (--batch): questions and answers (follow-ups and replies too) at the
+    # batch price; see docs/batch.md
     batch: bool = False
     batch_max_requests: int = Field(default=50_000, ge=1)  # per batch (OpenAI's limit)
     batch_max_bytes: int = Field(default=200_000_000, ge=1024)  # per input file (OpenAI: 200 MB)
     batch_poll_interval: float = Field(default=30.0, gt=0)  # seconds between status checks
     batch_flush_after: float = Field(default=10.0, ge=0)  # send a partial batch after this idle
+    # quality (glan judge RUN, or glan generate --judge --verify N): see stages/judge.py, verify.py
+    judge: bool = False  # score every pair on GLAN's rubric
+    verify: int = Field(default=0, ge=0, le=32)  # more answers per question, to check agreement
+    judge_model: str | None = None  # None: the run's model
+    judge_base_url: str | None = None  # None: the teacher's endpoint
+    judge_api_key: str | None = Field(default=None, exclude=True, repr=False)
 
     @field_validator("language", "syllabus_language")
     @classmethod
@@ -136,10 +164,26 @@ class GenerateConfig(BaseModel):
         """A language as its English name: ko, kor and korean all give Korean."""
         return language_name(value) if value and value.strip() else None
 
+    @field_validator("followup_mix")
+    @classmethod
+    def _followup_mix(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(mix) - set(FOLLOWUP_KINDS))
+        if unknown:
+            raise ValueError(
+                f"unknown follow-up kind {', '.join(unknown)}; the kinds are"
+                f" {', '.join(FOLLOWUP_KINDS)}"
+            )
+        if any(weight < 0 for weight in mix.values()) or not any(mix.values()):
+            raise ValueError("weights must be >= 0, and at least one above 0")
+        return {kind: float(mix[kind]) for kind in FOLLOWUP_KINDS if kind in mix}
+
     def stage(self, name: str) -> StageSettings:
         """The settings of stage ``name`` with its model filled in."""
         settings: StageSettings = getattr(self.stages, name)
-        default = (self.answer_model or self.model) if name == "answer" else self.model
+        teacher = name in ("answer", "reply", "verify")  # the teacher's side
+        default = (self.answer_model or self.model) if teacher else self.model
+        if name == "judge":
+            default = self.judge_model or self.model
         return settings.model_copy(update={"model": settings.model or default})
 
     def limits(self) -> dict[str, tuple[float | None, float | None]]:

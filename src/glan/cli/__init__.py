@@ -12,7 +12,17 @@ import sys
 
 import typer
 
-from glan.cli import check, curate, generate, prompts, publish, status, taxonomy
+from glan.cli import (
+    check,
+    curate,
+    evaluate,
+    generate,
+    judge,
+    prompts,
+    publish,
+    status,
+    taxonomy,
+)
 
 app = typer.Typer(
     help=(
@@ -30,8 +40,10 @@ for group in (
     generate,
     check,
     status,
+    judge,
     curate,
     publish,
+    evaluate,
     taxonomy,
     prompts,
 ):  # in the order --help lists them

@@ -34,6 +34,7 @@ from glan.publish.report import ReportError
 from glan.run import is_run
 from glan.run.lock import RunLockedError
 from glan.run.parts import RunFilesError
+from glan.run.space import OutOfSpace
 from glan.run.store import DB_NAME, StoreError
 from glan.taxonomy import TaxonomyError
 
@@ -49,6 +50,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ExportError,
     FatalLLMError,
     MissingExtraError,
+    OutOfSpace,
     ReportError,
     RunFilesError,
     RunLockedError,

@@ -42,6 +42,8 @@ REASON_HELP = {
     "wrong_language": "question or answer not in the expected language",
     "exact_duplicate": "same normalised question as a pair kept before it",
     "near_duplicate": "question nearly the same as one kept before it",
+    "low_score": "the judge scored it below --min-score (glan judge)",
+    "contradicted": "fewer samples than --min-agreement reach its final answer (glan judge --verify)",
 }
 
 CURATE_DEFAULTS = CurateConfig()
@@ -148,6 +150,22 @@ CURATE_OPTIONS = [
         CurateConfig,
         "language_confidence",
         help="Remove a pair only when the language detector is at least this sure it is in another language.",
+    ),
+    field_option(
+        CurateConfig,
+        "workers",
+        help="Processes that screen pairs (filters and decontamination). \\[default: every core]",
+        show_default=False,
+    ),
+    field_option(
+        CurateConfig,
+        "min_score",
+        help="Remove pairs the judge scored below this overall (1-10; needs glan judge). Unjudged pairs stay.",
+    ),
+    field_option(
+        CurateConfig,
+        "min_agreement",
+        help="Remove pairs whose final answer fewer than this share of the extra answers reach (0-1; needs glan judge --verify N). Questions with no single final answer stay.",
     ),
 ]
 

@@ -8,6 +8,7 @@ given, and the default its help shows is read from ``GenerateConfig``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ from glan.cli.common import (
     takes,
     user_errors,
 )
-from glan.cli.status import print_status
+from glan.cli.status import print_review, print_status
 from glan.config import ConfigError, GenerateConfig
 from glan.costs.prices import PriceTable
 from glan.llm.local_server import BUNDLED_GGUF, LocalServer
@@ -106,6 +107,16 @@ RUN_OPTIONS = [
         float | None,
         help=f"Share of 'challenging' questions (two sessions) vs 'basic' (one). {default_is(DEFAULTS.challenging_ratio)}",
     ),
+    option(
+        "question_sampling",
+        str | None,
+        help=f"uniform: each question draws its sessions and key concepts at random (the paper); cover: the ones used least so far, so a syllabus's sessions and concepts are all used before any repeats. {default_is(DEFAULTS.question_sampling)}",
+    ),
+    option(
+        "turns",
+        int | None,
+        help=f"User turns per conversation: after the answer, the student asks a follow-up grounded in the syllabus and the teacher replies, until N turns (1: the paper's single question and answer). Raise it on a finished run to ask only the new turns; the follow-up kinds' mix is the config's followup_mix. {default_is(DEFAULTS.turns)}",
+    ),
     option("language", str | None, help="Language of questions and answers, e.g. Korean or ko."),
     option(
         "syllabus_language",
@@ -137,7 +148,7 @@ RUN_OPTIONS = [
         bool,
         "--batch",
         default=False,
-        help="Send questions and answers through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
+        help="Send questions and answers (and with --turns the follow-ups and replies) through the provider's batch API (OpenAI, Azure OpenAI): half price, results within 24 h. Safe to stop and rerun (docs/batch.md).",
     ),
     option(
         "engine",
@@ -175,6 +186,31 @@ RUN_OPTIONS = [
         help=f"Retries of a request that failed in passing (429, 5xx, a timeout, a dropped connection), with exponential backoff and jitter; then the item is marked failed for the next run. {default_is(DEFAULTS.max_retries)}",
     ),
     option(
+        "judge",
+        bool,
+        "--judge",
+        default=False,
+        help="Then score every pair on GLAN's rubric with a judge model (see glan judge).",
+    ),
+    option(
+        "verify",
+        int | None,
+        help="Then ask N more answers per question and record how many agree with the pair's final answer (see glan judge). \\[default: 0, off]",
+    ),
+    option("judge_model", str | None, help="The judge's model. \\[default: --model]"),
+    option(
+        "judge_base_url",
+        str | None,
+        help="The judge's OpenAI-compatible endpoint. \\[default: the teacher's]",
+    ),
+    option("judge_api_key", str | None, help="The judge's API key. \\[default: the teacher's]"),
+    option(
+        "max_cost",
+        float | None,
+        metavar="USD",
+        help="Stop before the run directory's spending (every run on it, at the price table's prices) would pass USD: no request is sent whose worst case (its prompt and a reply of max_tokens) does not fit; what is in flight finishes and is stored, and the run exits with status 4. Run again with a higher --max-cost to continue. \\[default: no cap]",
+    ),
+    option(
         "prices",
         Path | None,
         help="Price table YAML, USD per million tokens: a copy of the bundled src/glan/data/prices.yaml with your models added (self-hosted ones at 0). \\[default: the bundled table]",
@@ -192,6 +228,14 @@ RUN_ONLY = [
     LOCAL_MODEL,
     option("progress", str, default="auto", help="auto, live, log or none."),
     option("verbose", bool, "--verbose", "-v", default=False, help="Log retries and fallbacks."),
+    option(
+        "yes",
+        bool,
+        "--yes",
+        "-y",
+        default=False,
+        help="Start a run that would otherwise ask first: one with no --max-cost whose plan is estimated above $10 (or, for a model missing from the price table, above 20,000 calls). A rerun of a confirmed plan does not ask again.",
+    ),
 ]
 PROGRESS_MODES = ("auto", "live", "log", "none")
 
@@ -211,6 +255,7 @@ def generate(**options: Any) -> None:
     setup_logging(options.pop("verbose"))
     mode = options.pop("progress")
     local_model = options.pop("local_model")
+    yes = options.pop("yes")
     out = options["out"]
     settings: GenerateConfig | None = None
 
@@ -229,13 +274,22 @@ def generate(**options: Any) -> None:
                 settings = settings.model_copy(update={"timeout": max(settings.timeout, 900.0)})
                 if local.model.name == BUNDLED_GGUF:
                     settings = capped_for_the_bundled_model(settings)
-            print_plan(api.plan(settings), brief=True, batched=settings.batch)
-            result = api.generate(settings, out, progress=mode)
+            print_plan(
+                api.plan(settings), brief=True, batched=settings.batch, cap=settings.max_cost
+            )
+            confirmed = confirm(api.confirmation_needed(settings, out), yes)
+            result = api.generate(settings, out, progress=mode, confirmed=confirmed)
     print_status(result)
+    if result.review is not None:
+        print_review(result.review)
     if result.failed:
         err.print(
             f"[yellow]{result.failed} items failed; run the same command again to retry them."
         )
+    if result.capped:
+        err.print(f"[yellow]{capped_line(result)}")
+        raise typer.Exit(CAPPED_EXIT)
+    if result.failed:
         raise typer.Exit(3)
 
 
@@ -254,6 +308,45 @@ def estimate(**options: Any) -> None:
         if out is not None and (Path(out) / "glan.db").exists():
             spent = api.status(out, prices=PriceTable.load(settings.prices))
             print(f"already in {out}: {spent.rows:,} rows, ${spent.cost:,.2f} spent")
+        if settings.max_cost is not None:
+            print(f"--max-cost ${settings.max_cost:,.2f}: glan generate stops before it passes it")
+        else:
+            reason = api.confirmation_needed(settings, out or _NO_RUN)
+            if reason is not None:
+                print(f"glan generate will ask before it starts: {reason}")
+
+
+_NO_RUN = "/nonexistent/glan-run"  # estimate without --out: no run directory to look in
+
+
+def confirm(reason: str | None, yes: bool) -> bool:
+    """Whether the user confirmed a run that must be (``reason``: why), by --yes or, at a
+    terminal, by answering; elsewhere such a run is an error that says how to start it."""
+    if reason is None:
+        return False
+    if yes:
+        return True
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        if typer.confirm(f"{reason}. Start it?", default=False, err=True):
+            return True
+        err.print("not started; nothing was sent.")
+        raise typer.Exit(1)
+    raise ConfigError(
+        f"{reason}: pass --yes to start it, or --max-cost USD to stop it before it spends more"
+        " (glan estimate shows the plan)"
+    )
+
+
+CAPPED_EXIT = 4  # the run stopped before it would pass --max-cost
+
+
+def capped_line(result: api.RunStatus) -> str:
+    pending = sum(stage.pending for stage in result.stages.values())
+    return (
+        f"stopped at the cost cap: ${result.cost:,.2f} spent of --max-cost"
+        f" ${result.max_cost or 0:,.2f}, and the next request could have passed it;"
+        f" {pending:,} items wait. Run the same command with a higher --max-cost to continue."
+    )
 
 
 @contextmanager
@@ -320,7 +413,7 @@ def run_config(options: dict[str, Any]) -> GenerateConfig:
         language=options.get("language"), syllabus_language=options.get("syllabus_language")
     )
     values = {name: value for name, value in options.items() if name not in ("out", "config")}
-    values["disciplines"] = comma_list(values.get("disciplines")) or None
+    values["disciplines"] = disciplines_option(values.get("disciplines"))
     ray = {"address": values.pop("ray_address", None), "workers": values.pop("ray_workers", None)}
     # An unset switch must not override the config file: only True counts.
     config = GenerateConfig.load(
@@ -334,23 +427,64 @@ def run_config(options: dict[str, Any]) -> GenerateConfig:
     return config
 
 
-def print_plan(plan: list[api.StageEstimate], *, brief: bool, batched: bool = False) -> None:
+def disciplines_option(value: str | None) -> list[str] | None:
+    """``--disciplines``: None when not given (the config's, else the whole taxonomy). Given but
+    empty (``--disciplines "$UNSET"``) is an error: it once meant the whole taxonomy."""
+    if value is None:
+        return None
+    names = comma_list(value)
+    if not names:
+        raise ConfigError(
+            f"--disciplines is {'empty' if not value else f'blank ({value!r})'}: name disciplines,"
+            " fields or 'Field > Sub > Discipline' paths, comma-separated, or leave the option out"
+            " for the whole taxonomy"
+        )
+    return names
+
+
+def print_plan(
+    plan: list[api.StageEstimate],
+    *,
+    brief: bool,
+    batched: bool = False,
+    cap: float | None = None,
+) -> None:
     calls = sum(s.calls for s in plan)
     online = _total(s.cost for s in plan)
     batch = _total(s.batch_cost for s in plan)
     if brief:
         price, label = (batch, "batch prices") if batched else (online, "list prices")
         cost = f", about ${price:,.2f} at {label}" if price is not None else ""
-        err.print(f"plan: {calls:,} calls{cost} (glan estimate shows the details)")
+        capped = f"; stops before ${cap:,.2f} in all (--max-cost)" if cap is not None else ""
+        err.print(f"plan: {calls:,} calls{cost}{capped} (glan estimate shows the details)")
         return
     table = Table(title="plan")
-    for column in ("stage", "model", "calls", "tokens in", "tokens out", "online $", "batch $"):
+    columns = (
+        "stage",
+        "model",
+        "calls",
+        "tokens in",
+        "cached",
+        "tokens out",
+        "online $",
+        "batch $",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("stage", "model") else "right")
     for s in plan:
-        amounts = (f"{s.calls:,}", f"{s.tokens_in:,}", f"{s.tokens_out:,}")
+        amounts = (f"{s.calls:,}", f"{s.tokens_in:,}", f"{s.cached_share:.0%}", f"{s.tokens_out:,}")
         table.add_row(s.stage, s.model, *amounts, _usd(s.cost), _usd(s.batch_cost))
-    table.add_row("total", "", f"{calls:,}", "", "", _usd(online), _usd(batch))
-    Console().print(table)
+    tokens_in = sum(s.tokens_in for s in plan)
+    cached = sum(s.tokens_cached for s in plan) / tokens_in if tokens_in else 0.0
+    table.add_row("total", "", f"{calls:,}", "", f"{cached:.0%}", "", _usd(online), _usd(batch))
+    console = Console()
+    if not console.is_terminal:  # a pipe or a file: no need to squeeze the table into 80
+        console.width = max(console.width, 110)
+    console.print(table)
+    print(
+        "cached: the share of tokens in expected from the provider's prefix cache, billed at"
+        " the cached rate (assumed: half of each prefix of 1,024+ tokens a request repeats)"
+    )
     if online is None:
         print("n/a: a model missing from the price table (add it with --prices FILE)")
 

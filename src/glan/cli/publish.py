@@ -36,7 +36,7 @@ EXPORT_OPTIONS = [
         "--format",
         "-f",
         default="messages",
-        help="Layout of each row: messages (chat messages, as TRL and OpenAI fine-tuning read), sharegpt (conversations with from/value) or alpaca (instruction/input/output). Lineage columns are kept in every layout.",
+        help="Layout of each row: messages (chat messages, as TRL and OpenAI fine-tuning read), sharegpt (conversations with from/value) or alpaca (instruction/input/output; of a multi-turn conversation, its first turn only). Lineage columns are kept in every layout.",
     ),
     option(
         "to",
@@ -85,6 +85,13 @@ EXPORT_OPTIONS = [
         default=False,
         help="Export every generated pair, even if glan curate has run.",
     ),
+    option(
+        "majority_answers",
+        bool,
+        "--majority-answers",
+        default=False,
+        help="Where most extra answers of glan judge --verify N reach another final answer, export the majority's answer instead (the row's majority_answer column says so).",
+    ),
 ]
 
 
@@ -123,12 +130,20 @@ def _print_export(result: ExportResult) -> None:
     splits = ", ".join(f"{name} {count:,}" for name, count in result.splits.items())
     out.print(f"exported {what}: {result.rows:,} pairs ({splits}) as {result.format} {result.to}")
     out.print(f"  to {result.out} ({len(result.files)} files)")
+    if result.majority_answers:
+        out.print(f"  {result.majority_answers:,} answers swapped for the majority's")
     if result.pushed_to:
         out.print(f"  and pushed to https://huggingface.co/datasets/{result.pushed_to}")
     if result.uncurated:
         err.print(
             f"[yellow]warning:[/yellow] {result.uncurated:,} pairs generated after the last"
             " curation were left out; run glan curate again to include them"
+        )
+    if result.first_turn_only:
+        err.print(
+            f"[yellow]note:[/yellow] alpaca has no turns: {result.first_turn_only:,} conversations"
+            " were exported as their first question and answer only; --format messages or"
+            " sharegpt keeps every turn"
         )
     if result.test_only:
         names = ", ".join(result.test_only[:5]) + (" ..." if len(result.test_only) > 5 else "")

@@ -1,4 +1,8 @@
-"""What tokens cost: a user-editable price table (USD per million tokens), online and batch."""
+"""What tokens cost: a user-editable price table (USD per million tokens), online and batch.
+
+Prompt tokens a server read from its prefix cache (``usage.prompt_tokens_details.cached_tokens``)
+are billed at the model's ``cached_input`` rate, its ``input`` rate when the table gives none.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,12 @@ class Price(BaseModel):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)  # None: the input rate
+
+    @property
+    def cached(self) -> float:
+        """USD per million prompt tokens read from the provider's prefix cache."""
+        return self.input if self.cached_input is None else self.cached_input
 
 
 class PriceTable(BaseModel):
@@ -61,18 +71,22 @@ class PriceTable(BaseModel):
         return self.models[max(prefixes, key=len)] if prefixes else None
 
     def cost(
-        self, model: str, tokens_in: int, tokens_out: int, batch: bool = False
+        self, model: str, tokens_in: int, tokens_out: int, batch: bool = False, cached: int = 0
     ) -> float | None:
-        """USD, or None for a model the table does not know."""
+        """USD, or None for a model the table does not know. ``cached``: how many of the
+        ``tokens_in`` the server read from its prefix cache."""
         price = self.price(model)
         if price is None:
             return None
-        usd = (tokens_in * price.input + tokens_out * price.output) / 1e6
+        cached = max(0, min(cached, tokens_in))
+        usd = (
+            (tokens_in - cached) * price.input + cached * price.cached + tokens_out * price.output
+        ) / 1e6
         return usd * self.batch_discount if batch else usd
 
 
-# (stage, model, batch, calls, tokens in, tokens out), as Store.usage gives it
-Usage = tuple[str, str, bool, int, int, int]
+# (stage, model, batch, calls, tokens in, tokens out, cached tokens in), as Store.usage gives it
+Usage = tuple[str, str, bool, int, int, int, int]
 
 
 @dataclass
@@ -81,6 +95,12 @@ class StageSpend:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    tokens_cached: int = 0  # of tokens_in, read from the provider's prefix cache
+
+    @property
+    def cached_share(self) -> float:
+        """The share of prompt tokens read from the provider's prefix cache."""
+        return self.tokens_cached / self.tokens_in if self.tokens_in else 0.0
 
 
 def spend_by_stage(
@@ -90,13 +110,19 @@ def spend_by_stage(
     run's glan.db and its Parquet calls); models missing from the table count as free."""
     table = table or PriceTable.load()
     spent: dict[str, StageSpend] = {}
-    for stage, model, batch, calls, tokens_in, tokens_out in usage:
+    for stage, model, batch, calls, tokens_in, tokens_out, cached in usage:
         entry = spent.setdefault(stage, StageSpend())
         entry.calls += calls
         entry.tokens_in += tokens_in
         entry.tokens_out += tokens_out
-        entry.cost += table.cost(model, tokens_in, tokens_out, batch) or 0.0
+        entry.tokens_cached += cached
+        entry.cost += table.cost(model, tokens_in, tokens_out, batch, cached) or 0.0
     return spent
+
+
+def total_spent(usage: Iterable[Usage], table: PriceTable) -> float:
+    """USD of every reply of ``usage``; models missing from the table count as free."""
+    return sum(spend.cost for spend in spend_by_stage(usage, table).values())
 
 
 def cost_by_stage(store: Store, table: PriceTable | None = None) -> dict[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Literal, TextIO
 
 from rich.console import Console
 from rich.progress import (
@@ -30,7 +30,10 @@ LABELS = {
     "syllabus": "syllabi",
     "question": "questions",
     "answer": "answers",
+    "followup": "follow-ups",
+    "reply": "replies",
 }
+TURN_STAGES = ("followup", "reply")  # only conversations (--turns > 1) have these
 
 
 @dataclass
@@ -42,12 +45,14 @@ class StageStats:
     tokens_in: int = 0
     tokens_out: int = 0
     cost: float = 0.0
+    tokens_cached: int = 0  # of tokens_in, read from the provider's prefix cache
 
 
 @dataclass
 class RunStats:
     prices: PriceTable = field(default_factory=PriceTable)
     questions_per_syllabus: int = 0
+    turns: int = 1
     stages: dict[str, StageStats] = field(
         default_factory=lambda: {name: StageStats() for name in LABELS}
     )
@@ -56,7 +61,12 @@ class RunStats:
     def record(self, stage: str, model: str, response: ChatResponse) -> None:
         """A paid-for reply arrived."""
         self.add_usage(
-            stage, model, response.prompt_tokens, response.completion_tokens, response.batch
+            stage,
+            model,
+            response.prompt_tokens,
+            response.completion_tokens,
+            response.batch,
+            cached=response.cached_tokens,
         )
 
     def add_usage(
@@ -67,12 +77,14 @@ class RunStats:
         tokens_out: int,
         batch: bool = False,
         requests: int = 1,
+        cached: int = 0,
     ) -> None:
         stats = self.stages[stage]
         stats.requests += requests
         stats.tokens_in += tokens_in
         stats.tokens_out += tokens_out
-        stats.cost += self.prices.cost(model, tokens_in, tokens_out, batch) or 0.0
+        stats.tokens_cached += cached
+        stats.cost += self.prices.cost(model, tokens_in, tokens_out, batch, cached) or 0.0
 
     @property
     def cost(self) -> float:
@@ -82,13 +94,20 @@ class RunStats:
         """Totals as they will be: items of a stage appear only as their parents finish, so a
         stage is at least as big as what its known parents will give it."""
         s = self.stages
-        questions = max(s["question"].total, s["syllabus"].total * self.questions_per_syllabus)
-        return {
-            "subjects": s["subjects"].total,
-            "syllabus": s["syllabus"].total,
-            "question": questions,
-            "answer": max(s["answer"].total, questions),
-        }
+        totals = {name: stats.total for name, stats in s.items()}
+        if {"syllabus", "question", "answer"} <= s.keys():
+            questions = max(s["question"].total, s["syllabus"].total * self.questions_per_syllabus)
+            answers = max(s["answer"].total, questions)
+            totals.update(question=questions, answer=answers)
+            if {"followup", "reply"} <= s.keys():
+                # each answer opens a conversation of turns - 1 follow-ups, each with a reply
+                followups = max(s["followup"].total, answers * (self.turns - 1))
+                totals.update(followup=followups, reply=max(s["reply"].total, followups))
+        return totals
+
+    def shown(self) -> list[str]:
+        """The stages a display shows: a single-turn run has no follow-ups or replies."""
+        return [name for name in self.stages if self.turns > 1 or name not in TURN_STAGES]
 
     @property
     def requests(self) -> int:
@@ -100,6 +119,12 @@ class RunStats:
             sum(s.tokens_in for s in self.stages.values()),
             sum(s.tokens_out for s in self.stages.values()),
         )
+
+    @property
+    def cached_share(self) -> float:
+        """The share of prompt tokens the provider read from its prefix cache."""
+        tokens_in = self.tokens[0]
+        return sum(s.tokens_cached for s in self.stages.values()) / tokens_in if tokens_in else 0
 
 
 class _Rate(ProgressColumn):
@@ -113,7 +138,7 @@ class LiveProgress:
     def __init__(self, stats: RunStats, console: Console | None = None) -> None:
         self.stats = stats
         self.progress = Progress(
-            TextColumn("[bold]{task.description:>9}"),
+            TextColumn("[bold]{task.description:>10}"),
             BarColumn(),
             MofNCompleteColumn(),
             _Rate(),
@@ -129,13 +154,15 @@ class LiveProgress:
         self.tasks: dict[str, TaskID] = {}
 
     def start(self) -> None:
-        for name, label in LABELS.items():
+        for name in self.stats.shown():
+            label = LABELS.get(name, name)
             self.tasks[name] = self.progress.add_task(label, total=None, failed="", tokens="")
         self.progress.start()
 
     def refresh(self) -> None:
         totals = self.stats.projected_totals()
-        for name, stats in self.stats.stages.items():
+        for name in self.stats.shown():
+            stats = self.stats.stages[name]
             self.progress.update(
                 self.tasks[name],
                 total=totals[name] or None,
@@ -170,14 +197,18 @@ class LogProgress:
     def line(self) -> None:
         parts = []
         totals = self.stats.projected_totals()
-        for name, stats in self.stats.stages.items():
+        for name in self.stats.shown():
+            stats = self.stats.stages[name]
             failed = f" ({stats.failed} failed)" if stats.failed else ""
-            parts.append(f"{LABELS[name]} {stats.done}/{totals[name]}{failed}")
+            parts.append(f"{LABELS.get(name, name)} {stats.done}/{totals[name]}{failed}")
         tokens_in, tokens_out = self.stats.tokens
         elapsed = time.monotonic() - self.stats.started
+        cached = self.stats.cached_share
+        cached_note = f" ({cached:.0%} cached)" if cached else ""
         print(
             f"[glan {elapsed:7.0f}s] {' | '.join(parts)} | {self.stats.requests} requests,"
-            f" {_short(tokens_in)} tokens in, {_short(tokens_out)} out, ${self.stats.cost:,.2f}",
+            f" {_short(tokens_in)} tokens in{cached_note}, {_short(tokens_out)} out,"
+            f" ${self.stats.cost:,.2f}",
             file=self.stream,
             flush=True,
         )
@@ -202,3 +233,17 @@ def _short(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+ProgressMode = Literal["auto", "live", "log", "none"]
+
+
+def display_for(mode: ProgressMode, stats: RunStats) -> LiveProgress | LogProgress | NoProgress:
+    """The progress display a run asked for; "auto": live on a terminal, log lines elsewhere."""
+    if mode == "auto":
+        mode = "live" if sys.stderr.isatty() else "log"
+    if mode == "live":
+        return LiveProgress(stats)
+    if mode == "log":
+        return LogProgress(stats)
+    return NoProgress()

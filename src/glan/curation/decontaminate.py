@@ -90,9 +90,12 @@ class BenchmarkIndex:
 
     def match(self, text: str) -> Contamination | None:
         """The first benchmark item the text shares an n-gram with, if any."""
+        return self.match_words(words(text)) if self._grams else None
+
+    def match_words(self, tokens: list[str]) -> Contamination | None:
+        """``match`` of a text's normalised words (``words(text)``)."""
         if not self._grams:
             return None
-        tokens = words(text)
         for length in sorted(self._lengths, reverse=True):
             for start in range(len(tokens) - length + 1):
                 gram = tuple(tokens[start : start + length])

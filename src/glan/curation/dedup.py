@@ -10,6 +10,10 @@ character shingles and picks the bands (b x r) for the Jaccard threshold; a cand
 band is then checked against its real shingle Jaccard, so only pairs at or above the threshold are
 removed (LSH decides what is compared, never what is removed).
 
+Signatures are computed here with numpy, many questions at a time (``probe_many``): the same
+values as datasketch's affine32 scheme (MurmurHash3's finalizer, then ``a * h + b`` modulo 2^32,
+then the minimum per permutation), bit for bit, without a Python call per question.
+
 Memory: datasketch's own in-memory LSH keeps a Python set per bucket, about 3.5 KB per row with 9
 bands (measured: 770 MB for 200k rows), which is gigabytes at a million rows. The bucket index
 here keeps each (band key, row) entry in sorted numpy arrays, 16 bytes each (14 bands: 224 bytes
@@ -39,6 +43,8 @@ _RATIO = 4  # a run is merged into the one before it while that one is at most 4
 # A pathological bucket (thousands of similar-but-not-near templates) must not make every new
 # row compare itself with all of them: check the candidates that share the most bands first.
 _MAX_CANDIDATES = 32
+# Texts whose shingles and signatures are computed together (numpy over all of them).
+_BATCH_DOCS = 256
 
 
 class HashIndex:
@@ -58,6 +64,8 @@ class HashIndex:
         self._pending: dict[int, list[int]] = {}
         self._pending_count = 0
         self._size = 0
+        # the values of the keys looked up ahead (``prefetch``), kept up to date by ``add``
+        self._ahead: dict[int, list[int]] | None = None
 
     def __len__(self) -> int:
         return self._size
@@ -66,8 +74,22 @@ class HashIndex:
         """Every value added under ``key``, oldest first."""
         return self.get_many([key])[0]
 
+    def prefetch(self, keys: list[int]) -> None:
+        """Look these keys up now, all at once; ``get`` of them is then a dict lookup, until
+        ``end_prefetch`` (values added meanwhile are kept with them)."""
+        self._ahead = None
+        self._ahead = dict(zip(keys, self.get_many(keys), strict=True))
+
+    def end_prefetch(self) -> None:
+        self._ahead = None
+
     def get_many(self, keys: list[int]) -> list[list[int]]:
         """``get`` for several keys at once: one vectorised search per run."""
+        if self._ahead is not None:
+            try:
+                return [self._ahead[key] for key in keys]
+            except KeyError:  # not looked up ahead: look in the index itself
+                pass
         np = self._np
         found: list[list[int]] = [[] for _ in keys]
         if self._runs:
@@ -85,9 +107,24 @@ class HashIndex:
         return found
 
     def add(self, key: int, value: int) -> None:
-        self._pending.setdefault(key, []).append(value)
-        self._pending_count += 1
-        self._size += 1
+        self.add_many([key], value)
+
+    def add_many(self, keys: list[int], value: int) -> None:
+        """``add(key, value)`` for each of the keys."""
+        pending = self._pending
+        for key in keys:
+            found = pending.get(key)
+            if found is None:
+                pending[key] = [value]
+            else:
+                found.append(value)
+        if self._ahead is not None:
+            for key in keys:
+                ahead = self._ahead.get(key)
+                if ahead is not None:
+                    ahead.append(value)
+        self._pending_count += len(keys)
+        self._size += len(keys)
         if self._pending_count >= _BUFFER:
             self._flush()
 
@@ -135,6 +172,13 @@ class ExactDuplicates:
     def add(self, text: str, key: int) -> None:
         self._index.add(_digest(text), key)
 
+    def prefetch(self, texts: list[str]) -> None:
+        """Look these texts up ahead, at once (see ``HashIndex.prefetch``)."""
+        self._index.prefetch([_digest(text) for text in texts])
+
+    def end_prefetch(self) -> None:
+        self._index.end_prefetch()
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -169,8 +213,8 @@ class NearDuplicates:
         lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
         self.bands, self.rows = int(lsh.b), int(lsh.r)
         permutations = datasketch.MinHash(num_perm=num_perm, seed=_SEED).permutations
-        self._minhash = _minhash_factory(datasketch, num_perm, permutations)
         np = self._np = _numpy()
+        self._perm_a, self._perm_b = (np.asarray(p, dtype=np.uint32) for p in permutations)
         rng = np.random.default_rng(_SEED)
         # random odd 64-bit multipliers: multilinear hashing of shingles and of bands
         self._shingle_mix = rng.integers(1, 2**63, size=shingle, dtype=np.uint64) * 2 + 1
@@ -180,15 +224,79 @@ class NearDuplicates:
         self._index = HashIndex()
 
     def probe(self, text: str) -> Probe:
+        return self.probe_many([text])[0]
+
+    def probe_many(self, texts: list[str]) -> list[Probe]:
+        """The probes of many normalised texts at once (numpy over a batch of them)."""
+        probes: list[Probe] = []
+        for start in range(0, len(texts), _BATCH_DOCS):
+            probes += self._probe_batch(texts[start : start + _BATCH_DOCS])
+        return probes
+
+    def _probe_batch(self, texts: list[str]) -> list[Probe]:
         np = self._np
-        shingles = self.shingles(text)
-        if shingles.size == 0:
-            return Probe(shingles, [])
-        minhash = self._minhash()
-        minhash.update_batch(shingles.tolist())  # Python ints: datasketch loops over them
-        signature = minhash.hashvalues[: self.bands * self.rows].astype(np.uint64)
-        keys = (signature.reshape(self.bands, self.rows) * self._band_mix).sum(axis=1)
-        return Probe(shingles, (keys + self._band_salt).tolist())
+        shingles = self.shingles_many(texts)
+        probes = [Probe(s, []) for s in shingles]
+        full = [i for i, s in enumerate(shingles) if s.size]
+        if not full:
+            return probes
+        signatures = self._signatures([shingles[i] for i in full])
+        used = signatures[:, : self.bands * self.rows].astype(np.uint64)
+        keys = (used.reshape(len(full), self.bands, self.rows) * self._band_mix).sum(axis=2)
+        keys += self._band_salt
+        for i, bands in zip(full, keys.tolist(), strict=True):
+            probes[i] = Probe(shingles[i], bands)
+        return probes
+
+    def _signatures(self, docs: list[np.ndarray]) -> np.ndarray:
+        """datasketch's affine32 MinHash signature of each (non-empty) set of 32-bit hashes.
+
+        One permutation at a time over every value of the batch (a vector that stays in cache),
+        the minimum per text by ``reduceat``: faster than a (permutations x values) matrix.
+        """
+        np = self._np
+        flat = _fmix32(np, np.concatenate(docs))
+        starts = np.zeros(len(docs), dtype=np.int64)
+        np.cumsum([d.size for d in docs[:-1]], out=starts[1:])
+        signatures = np.empty((len(docs), self._perm_a.size), dtype=np.uint32)
+        permuted = np.empty_like(flat)
+        for p, (a, b) in enumerate(zip(self._perm_a, self._perm_b, strict=True)):
+            np.multiply(flat, a, out=permuted)  # wraps modulo 2^32, as datasketch's does
+            permuted += b
+            signatures[:, p] = np.minimum.reduceat(permuted, starts)
+        return signatures
+
+    def shingles_many(self, texts: list[str]) -> list[np.ndarray]:
+        """``shingles`` of each text, for all of them in a few whole-array operations."""
+        np = self._np
+        width = self.shingle
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        short = lengths < width  # empty, or one shingle shorter than ``width``: one at a time
+        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+        codes = np.concatenate([codes.astype(np.uint64), np.zeros(width, dtype=np.uint64)])
+        ends = np.cumsum(lengths)
+        counts = np.where(short, 0, lengths - width + 1)
+        total = int(counts.sum())
+        out: list[Any] = [None] * len(texts)
+        if total:
+            doc = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
+            # each shingle's first character: its text's start plus its place in the text
+            first = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+            first += np.repeat(ends - lengths, counts)
+            mixed = codes[first] * self._shingle_mix[0]
+            for offset in range(1, width):
+                mixed += codes[first + offset] * self._shingle_mix[offset]
+            # sort by (text, hash) at once, the text in the high 32 bits, and drop repeats
+            keyed = np.sort((doc.astype(np.uint64) << np.uint64(32)) | (mixed >> np.uint64(32)))
+            keyed = keyed[np.concatenate(([True], keyed[1:] != keyed[:-1]))]
+            owner = (keyed >> np.uint64(32)).astype(np.int64)
+            hashes = keyed.astype(np.uint32)
+            bounds = np.searchsorted(owner, np.arange(len(texts) + 1))
+            for i in np.flatnonzero(~short).tolist():
+                out[i] = hashes[bounds[i] : bounds[i + 1]]
+        for i in np.flatnonzero(short).tolist():
+            out[i] = self.shingles(texts[i])
+        return out
 
     def shingles(self, text: str) -> np.ndarray:
         """The distinct 32-bit hashes of a normalised text's character shingles."""
@@ -207,7 +315,8 @@ class NearDuplicates:
         """The kept row most similar to the probe, if its Jaccard reaches the threshold."""
         shared: Counter[int] = Counter()
         for keys in self._index.get_many(probe.bands):
-            shared.update(set(keys))
+            if keys:
+                shared.update(set(keys))
         best: NearMatch | None = None
         for candidate, _ in shared.most_common(_MAX_CANDIDATES):
             other = self.shingles(self._text_of(candidate))
@@ -217,28 +326,24 @@ class NearDuplicates:
         return best
 
     def add(self, probe: Probe, key: int) -> None:
-        for band_key in probe.bands:
-            self._index.add(band_key, key)
+        self._index.add_many(probe.bands, key)
+
+    def prefetch(self, probes: list[Probe]) -> None:
+        """Look the band keys of these probes up ahead, at once (see ``HashIndex.prefetch``)."""
+        self._index.prefetch([key for probe in probes for key in probe.bands])
+
+    def end_prefetch(self) -> None:
+        self._index.end_prefetch()
 
 
-def _minhash_factory(datasketch: Any, num_perm: int, permutations: Any) -> Callable[[], Any]:
-    """New MinHashes sharing one set of permutations (making them per row costs more than
-    hashing the row). Shingles arrive already hashed, so the hash function is the identity."""
-
-    def make() -> Any:
-        return datasketch.MinHash(
-            num_perm=num_perm,
-            seed=_SEED,
-            permutations=permutations,
-            scheme="affine32",
-            hashfunc=_identity,
-        )
-
-    return make
-
-
-def _identity(value: Any) -> Any:
-    return value
+def _fmix32(np: Any, h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finalizer (datasketch's pre-mix for affine32), element-wise."""
+    h = h ^ (h >> np.uint32(16))
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
 
 
 def _numpy() -> Any:

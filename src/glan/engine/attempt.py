@@ -6,8 +6,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from glan.costs.budget import CapReached
 from glan.items import Item
 from glan.llm.errors import FatalLLMError, LLMError
+from glan.run.store import StoreError
 from glan.stages import Stage
 from glan.stages.base import Teacher
 
@@ -22,10 +24,12 @@ class Outcome:
 
 async def attempt(stage: Stage, node: Item, parent: Item, teacher: Teacher) -> Outcome:
     """The item's result, or why it failed. What no retry can fix (a bad key, an unreachable
-    server: FatalLLMError) is raised, as the whole run must stop."""
+    server: FatalLLMError; a store that cannot be written: StoreError) is raised, as the whole
+    run must stop; so is CapReached (the item is not failed: it waits for a run with a higher
+    cap)."""
     try:
         return Outcome(result=await stage.run(node, parent, teacher))
-    except FatalLLMError:
+    except (FatalLLMError, CapReached, StoreError):
         raise
     except LLMError as error:
         return Outcome(error=str(error))

@@ -10,21 +10,25 @@ import asyncio
 import contextlib
 from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from glan.costs.budget import Budget, CapReached
 from glan.costs.progress import RunStats
 from glan.engine.attempt import attempt
 from glan.engine.teacher import Client, StoredTeacher
 from glan.items import Item, NewItem
 from glan.llm.batch.client import ORIGIN
 from glan.prompts import Prompts
-from glan.run.jsonl import JsonlOutput
-from glan.run.store import Store
+from glan.run.jsonl import JsonlOutput, OutputWriteError
+from glan.run.store import RESCUED_META, Store, StoreError
 from glan.stages import Stage
 from glan.stages.base import Workflow
 
 TICK = 0.1  # seconds between commits of bookkeeping nobody waits for, output flushes, redraws
+# After a failed write (a full disk), how long requests in flight may take to come back: their
+# replies are paid for, and kept for Store.rescue; the ones still out then are abandoned.
+DRAIN = 30.0
 BATCH = 256  # pending items read from the store at a time, per kind
 
 
@@ -61,9 +65,15 @@ class LocalEngine:
         display: Display,
         batch_clients: Mapping[str, Client] | None = None,
         kinds: tuple[str, ...] | None = None,
+        stage_clients: Mapping[str, Client] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         """``kinds``: the stages this engine runs (default: all; the Ray engine runs the narrow
-        ones here); children of other kinds are left to whoever runs those."""
+        ones here); children of other kinds are left to whoever runs those.
+        ``stage_clients``: stages that ask an endpoint of their own (a judge), by stage name.
+        ``budget``: the run's spending cap, which the clients' requests reserve against
+        (``CappedClient``); the engine starts no item while a request waits for room under it,
+        and none at all once one was refused."""
         self.pipeline = workflow
         self.limits = limits
         # Deepest first: finishing answers before starting new syllabi keeps the queue short and
@@ -72,6 +82,7 @@ class LocalEngine:
         self.store = store
         self.client = client
         self.batch_clients = dict(batch_clients or {})  # stage name -> its batch API client
+        self.stage_clients = dict(stage_clients or {})
         self.output = output
         self.stats = stats
         self.display = display
@@ -93,20 +104,29 @@ class LocalEngine:
         )
         self._batch_limit = 2 * limits.batch_max_requests
         self._in_flight: Counter[str] = Counter()  # running tasks by kind
+        gathered = workflow.gathered[0] if workflow.gathered else ()
+        self._gathered = {gathered} if isinstance(gathered, str) else set(gathered)
+        self._superseding = False
+        self.budget = budget
+        self.abandoned = 0  # items still running when a failed write stopped the run
 
     # -- setup --------------------------------------------------------------------------------
 
-    def prepare(self, roots: list[NewItem]) -> None:
-        """Plant the roots, re-queue failed items, re-grow finished nodes if the shape changed."""
-        self.store.set_roots({node.root for node in roots})
+    def prepare(self, roots: list[NewItem], *, active: set[str] | None = None) -> None:
+        """Plant the roots, re-queue failed items, re-grow finished nodes if the shape changed.
+        ``active``: the roots to work on, when the items were planted already."""
+        self.store.set_roots(active if active is not None else {node.root for node in roots})
         self.store.retry_failed()
         self.store.add_nodes(roots)
         signature = self.pipeline.expansion_signature()
-        if self.store.get_meta("expansion") != signature:
+        if self.store.get_meta(self.pipeline.signature_key) != signature:
             self._reexpand()
-            self.store.set_meta("expansion", signature)
+            self.store.set_meta(self.pipeline.signature_key, signature)
         self.store.commit()
         self._fresh_after = self.store.last_rowid()
+        self._superseding = self.store.superseding()  # rows may replace earlier rows
+        if self.store.get_meta(RESCUED_META):  # replies of items not made yet may be stored
+            self._fresh_after = float("inf")
         for kind, statuses in self.store.counts(active_only=True).items():
             name = self._stage_name(kind)
             if name is not None:
@@ -130,23 +150,30 @@ class LocalEngine:
         try:
             await self._schedule()
         finally:
-            running = list(self._running)
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
-            self.store.commit()
-            if self.output is not None:
-                self.output.flush()
-            self.display.stop()
+            try:
+                running = list(self._running)
+                for task in running:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)
+                committer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committer
+                if self.store.failure is None:  # after a failed write, nothing more commits
+                    self.store.commit()
+                if self.output is not None:
+                    try:
+                        self.output.flush()
+                    except OutputWriteError:
+                        if self._error is None:  # else that error says what stopped the run
+                            raise
+            finally:
+                self.display.stop()
 
     async def _schedule(self) -> None:
         # Tasks report their end through a callback: waiting on all running tasks at once would
         # cost O(concurrency) per reply.
         while True:
-            while True:
+            while self._error is None:
                 picked = self._next()
                 if picked is None:
                     break
@@ -156,11 +183,22 @@ class LocalEngine:
                 self._in_flight[stage.item_kind] += 1
                 task.add_done_callback(self._finished)
             if self._error is not None:
+                if isinstance(self._error, StoreError | OutputWriteError):
+                    await self._drain()
                 raise self._error
             if not self._running:
                 return
             self._slot_free.clear()
             await self._slot_free.wait()
+
+    async def _drain(self) -> None:
+        """The run cannot write: start nothing more, and give the requests in flight ``DRAIN``
+        seconds to come back (each item then stops at its next write: the store takes none)."""
+        if isinstance(self._error, OutputWriteError):
+            self.store.stop_writing(self._error)
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=DRAIN)
+        self.abandoned = len(self._running)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         kind = self._running.pop(task, None)
@@ -170,7 +208,14 @@ class LocalEngine:
             self._error = task.exception()
         self._slot_free.set()
 
+    @property
+    def capped(self) -> bool:
+        """The run stopped at its spending cap: a request was refused."""
+        return self.budget is not None and self.budget.exhausted
+
     def _next(self) -> tuple[Stage, Item, bool] | None:
+        if self.budget is not None and (self.budget.exhausted or self.budget.waiting):
+            return None  # what runs may use the room left under the cap
         upstream = self.pipeline.upstream
         upstream_running = sum(self._in_flight[kind] for kind in upstream)
         batched = sum(self._in_flight[kind] for kind in self._batched)
@@ -204,10 +249,16 @@ class LocalEngine:
     async def _commit_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK)
-            if self.store.dirty:
-                self.store.commit()
-                if self.output is not None:
-                    self.output.flush()
+            try:
+                if self.store.dirty:
+                    self.store.commit()
+                    if self.output is not None:
+                        self.output.flush()
+            except Exception as error:  # a full disk: the run stops, saying so
+                if self._error is None:
+                    self._error = error
+                self._slot_free.set()
+                return
             self.display.refresh()
 
     # -- one item -----------------------------------------------------------------------------
@@ -219,7 +270,7 @@ class LocalEngine:
         ORIGIN.set((stage.name, node.id))  # for the batch API's records
         teacher = StoredTeacher(
             self.store,
-            self.batch_clients.get(stage.name, self.client),
+            self.batch_clients.get(stage.name) or self.stage_clients.get(stage.name, self.client),
             self.stats,
             node,
             stage.name,
@@ -227,21 +278,30 @@ class LocalEngine:
             self.prompts,
             fresh=fresh,
         )
-        outcome = await attempt(stage, node, self._parent(node), teacher)
+        parent = self._parent(node)
+        context = self.pipeline.context(node, self._item)
+        if context is not None:
+            node = replace(node, context=context)
+        try:
+            outcome = await attempt(stage, node, parent, teacher)
+        except CapReached:
+            return  # the item stays pending: a run with a higher cap continues it
         if outcome.error is not None:
             self.store.fail(node, outcome.error)
             stats.failed += 1
             return
-        stored = self.store.finish(node, outcome.result, output=stage.output)
+        row = self.pipeline.is_row(node)
+        stored = self.store.finish(node, outcome.result, output=row)
+        if row and self._superseding:
+            self.store.supersede(node.id)
         done = node.done(outcome.result)
         children = self._children(done)
         if children:
             self._remember_parent(done)  # its children are about to ask for it
         self._add(children)
-        gathered = self.pipeline.gathered
-        if gathered is not None and stage.item_kind == gathered[0] and node.parent_id is not None:
+        if stage.item_kind in self._gathered and node.parent_id is not None:
             self._merge_if_complete(node.parent_id)
-        if stage.output and self.output is not None:
+        if row and self.output is not None:
             output = self.output
             self.store.after_commit(lambda: output.write_json(stored))
         # No need to wait for this commit: children are read from the same connection, and
@@ -249,8 +309,7 @@ class LocalEngine:
         stats.done += 1
 
     def _merge_if_complete(self, parent_id: str) -> None:
-        assert self.pipeline.gathered is not None
-        siblings = self.store.children(parent_id, kind=self.pipeline.gathered[0])
+        siblings = [s for s in self.store.children(parent_id) if s.kind in self._gathered]
         if siblings and all(s.status == "done" for s in siblings):
             parent = self.store.get(parent_id)
             assert parent is not None
@@ -270,14 +329,18 @@ class LocalEngine:
     def _parent(self, node: Item) -> Item:
         if node.parent_id is None:  # a root: what it is asked from is in its own data
             return node
-        parent = self._parents.get(node.parent_id)
-        if parent is None:
-            parent = self.store.get(node.parent_id)
-            assert parent is not None, f"item {node.id} has no parent {node.parent_id}"
-            self._remember_parent(parent)
+        return self._item(node.parent_id, child=node.id)
+
+    def _item(self, item_id: str, child: str | None = None) -> Item:
+        """An item that others are asked from (a parent, a context), kept in a small cache."""
+        item = self._parents.get(item_id)
+        if item is None:
+            item = self.store.get(item_id)
+            assert item is not None, f"item {child or '?'} needs {item_id}, which is not stored"
+            self._remember_parent(item)
         else:
-            self._parents.move_to_end(node.parent_id)
-        return parent
+            self._parents.move_to_end(item_id)
+        return item
 
     def _remember_parent(self, node: Item) -> None:
         self._parents[node.id] = node

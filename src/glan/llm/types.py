@@ -94,7 +94,9 @@ class ChatResponse:
     latency: float = 0.0
     model: str = ""
     batch: bool = False  # came through a provider batch API (billed at the batch price)
-    cached: bool = field(default=False, compare=False)
+    cached: bool = field(default=False, compare=False)  # read from the run's store, not asked
+    # Of prompt_tokens, those the server read from its prefix cache (billed at the cached rate).
+    cached_tokens: int = 0
 
     @classmethod
     def from_openai(cls, body: Any, latency: float = 0.0, *, batch: bool = False) -> ChatResponse:
@@ -104,20 +106,39 @@ class ChatResponse:
         if content is None:
             raise ValueError("the reply has no message content")
         usage = body.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
         return cls(
             text=content,
             finish_reason=choice.get("finish_reason") or "stop",
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            prompt_tokens=prompt_tokens,
             completion_tokens=int(usage.get("completion_tokens") or 0),
             latency=latency,
             model=body.get("model") or "",
             batch=batch,
+            cached_tokens=cached_tokens(usage, prompt_tokens),
         )
 
     @property
     def truncated(self) -> bool:
         """Cut off at max tokens."""
         return self.finish_reason == "length"
+
+
+def cached_tokens(usage: Any, prompt_tokens: int) -> int:
+    """Prompt tokens a server says it read from its prefix cache: OpenAI, vLLM, SGLang, llama.cpp
+    and LiteLLM report ``usage.prompt_tokens_details.cached_tokens``; DeepSeek reports
+    ``usage.prompt_cache_hit_tokens``. 0 when the reply says nothing (or nonsense)."""
+    if not isinstance(usage, dict):
+        return 0
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, dict) else None
+    if value is None:
+        value = usage.get("prompt_cache_hit_tokens")
+    try:
+        cached = int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+    return max(0, min(cached, prompt_tokens))
 
 
 def unpack_request(blob: bytes) -> dict[str, Any]:

@@ -5,8 +5,10 @@ A run may name a directory of its own templates (``--prompts DIR``, config ``pro
 prompts export DIR`` copies the bundled ones out as a starting point.
 
 A prompt version is a hash of the text of the templates a run uses: it is recorded with each row
-and changes whenever one of them does. ``PROMPT_VERSION`` and ``render`` are those of the bundled
-templates; ``prompts_for(directory)`` gives the set a run with its own directory uses.
+and changes whenever one of them does. A single-turn row's version leaves out the templates only
+conversations use (``CONVERSATION_TEMPLATES``); a conversation's covers them too.
+``PROMPT_VERSION`` and ``render`` are those of the bundled templates; ``prompts_for(directory)``
+gives the set a run with its own directory uses.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from jinja2 import meta
 from glan.config import ConfigError
 
 SUFFIX = ".j2"
+# Templates only conversations (--turns > 1) use: not part of a single-turn row's prompt version.
+CONVERSATION_TEMPLATES = frozenset({"followup"})
 
 
 class Prompts:
@@ -49,7 +53,12 @@ class Prompts:
                 if path.is_file()
             }
         self.texts = {**self.bundled, **{n: _read(p) for n, p in self.overrides.items()}}
-        self.version = _digest(self.texts)  # the templates actually used, bundled or the user's
+        # the templates actually used, bundled or the user's: by single-turn rows (and taxonomy
+        # builds), and by conversations
+        self.version = _digest(
+            {n: t for n, t in self.texts.items() if n not in CONVERSATION_TEMPLATES}
+        )
+        self.conversation_version = _digest(self.texts)
         # Rendered from the very texts hashed above: a file edited later changes neither.
         self.environment = jinja2.Environment(
             loader=jinja2.DictLoader(

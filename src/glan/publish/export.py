@@ -1,7 +1,8 @@
 """``glan export``: the dataset in the layout a trainer reads, with a held-out test split.
 
 Layouts (``format``): chat ``messages`` (OpenAI/TRL style), ``sharegpt`` (``conversations`` with
-``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``). Every layout keeps the
+``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``; of a conversation, the
+first turn only, counted in ``first_turn_only``). Every layout keeps the
 lineage columns (field, discipline, subject, level, sessions, key concepts, models, seed, ...) flat
 beside the text, so a trainer can filter or weight by them.
 
@@ -31,13 +32,22 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from glan.curation.errors import require
-from glan.publish.layouts import FORMATS, LAYOUTS, arrow_schema
+from glan.publish.layouts import (
+    FORMATS,
+    LAYOUTS,
+    arrow_schema,
+    review_columns,
+    user_turns,
+    with_majority_answer,
+)
 from glan.publish.writers import JsonlWriter, ParquetWriter, RecordWriter, ShardedWriter
 from glan.run import is_run, open_run
 from glan.run.curation import CuratedRows
 from glan.run.store import DB_NAME
+from glan.stages.review import Review, reviews
 
 TARGETS = ("jsonl", "parquet", "hf")
 MANIFEST = "glan-export.json"
@@ -59,6 +69,9 @@ class ExportResult:
     files: list[str] = field(default_factory=list)
     test_only: list[str] = field(default_factory=list)  # disciplines with no pairs left to train
     pushed_to: str | None = None
+    majority_answers: int = 0  # answers swapped for the majority's (--majority-answers)
+    # conversations (--turns > 1) that Alpaca, which has no turns, took the first turn of
+    first_turn_only: int = 0
 
     @property
     def rows(self) -> int:
@@ -109,8 +122,12 @@ def export(
     push_to_hub: str | None = None,
     private: bool = False,
     use_curation: bool = True,
+    majority_answers: bool = False,
 ) -> ExportResult:
-    """Write the run's pairs to ``out`` (default RUN/export/FORMAT-TO); see the module doc."""
+    """Write the run's pairs to ``out`` (default RUN/export/FORMAT-TO); see the module doc.
+
+    A reviewed run (glan judge) gets the review's columns; ``majority_answers`` swaps an answer
+    that most extra answers contradict for the majority's."""
     _check_options(run_dir, format, to, shard_size, test_per_discipline, push_to_hub)
     token = _hub_token() if push_to_hub else None
     if out is None and "://" in str(run_dir):
@@ -136,10 +153,15 @@ def export(
         splits = {"train": sum(totals.values()) - len(test_ids), "test": len(test_ids)}
         splits = {name: n for name, n in splits.items() if n or name == "train"}
         scratch.mkdir(parents=True)
-        files = _write_splits(rows, scratch, format, to, shard_size, splits, test_ids)
+        found = reviews(run.store)
+        record = _records(format, found, majority_answers)
+        files = _write_splits(rows, scratch, record, to, shard_size, splits, test_ids)
+        result.first_turn_only = record.cut
         result.splits = splits
+        result.majority_answers = record.swapped
         if to == "hf":
-            files = _to_datasets(scratch, files, format, push_to_hub, private, token)
+            schema = arrow_schema(format, reviewed=bool(found))
+            files = _to_datasets(scratch, files, schema, push_to_hub, private, token)
             result.pushed_to = push_to_hub
         result.files = sorted(str(path.relative_to(scratch)) for path in files)
         _write_manifest(scratch, result, run_dir, test_per_discipline, seed)
@@ -203,19 +225,50 @@ def _install(scratch: Path, target: Path) -> None:
     scratch.rename(target)
 
 
+class _Records:
+    """Rows as records of a layout, with the review's columns when the run was reviewed."""
+
+    def __init__(self, layout: str, found: dict[str, Review], majority: bool) -> None:
+        self.make = LAYOUTS[layout]
+        self.first_turn_only = layout == "alpaca"  # Alpaca has no turns: it takes the first
+        self.cut = 0  # conversations cut to their first turn
+        self.schema = lambda: arrow_schema(layout, reviewed=bool(found))
+        self.found = found
+        self.majority = majority
+        self.swapped = 0
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        if self.first_turn_only and user_turns(row) > 1:
+            self.cut += 1
+        if not self.found:
+            return self.make(row)
+        review = self.found.get(row["id"])
+        swapped = with_majority_answer(row, review) if self.majority else None
+        if swapped is not None:
+            self.swapped += 1
+        record = {**self.make(swapped or row), **review_columns(review)}
+        record["majority_answer"] = swapped is not None
+        return record
+
+
+def _records(layout: str, found: dict[str, Review], majority: bool) -> _Records:
+    if majority and not any(r.agreement for r in found.values()):
+        raise ExportError("--majority-answers needs verified pairs: run glan judge --verify N")
+    return _Records(layout, found, majority)
+
+
 def _write_splits(
     rows: CuratedRows,
     directory: Path,
-    layout: str,
+    make: _Records,
     to: str,
     shard_size: int,
     splits: dict[str, int],
     test_ids: set[str],
 ) -> list[Path]:
-    make = LAYOUTS[layout]
     suffix = "jsonl" if to == "jsonl" else "parquet"
     if suffix == "parquet":
-        schema = arrow_schema(layout)
+        schema = make.schema()
 
         def open_file(path: Path) -> RecordWriter:
             return ParquetWriter(path, schema)
@@ -236,7 +289,7 @@ def _write_splits(
 def _to_datasets(
     scratch: Path,
     files: list[Path],
-    layout: str,
+    schema: Any,
     push_to_hub: str | None,
     private: bool,
     token: str | None,
@@ -244,7 +297,7 @@ def _to_datasets(
     """A DatasetDict from the Parquet files, saved to disk (and pushed when asked)."""
     datasets = require("datasets", "hf")
     datasets.disable_progress_bars()
-    features = datasets.Features.from_arrow_schema(arrow_schema(layout))
+    features = datasets.Features.from_arrow_schema(schema)
     cache = scratch / ".cache"
     by_split: dict[str, list[str]] = {}
     for path in files:

@@ -1,6 +1,10 @@
 """The layouts a trainer reads: chat ``messages`` (OpenAI/TRL style), ``sharegpt``
 (``conversations`` with ``from``/``value``) and ``alpaca`` (``instruction``/``input``/``output``),
-each with the row's lineage as flat, typed columns beside the text."""
+each with the row's lineage as flat, typed columns beside the text.
+
+Conversations (``--turns`` above 1) keep every turn in ``messages`` and ``sharegpt`` (human and
+gpt alternate); Alpaca has no turns, so it takes a conversation's first turn (question and answer)
+and the export says how many conversations it cut so (``ExportResult.first_turn_only``)."""
 
 from __future__ import annotations
 
@@ -9,10 +13,11 @@ from typing import Any
 
 from glan.curation.errors import require
 from glan.items import META_KEYS
+from glan.stages.review import Review
 
 FORMATS = ("messages", "sharegpt", "alpaca")
 LINEAGE = META_KEYS  # every meta key becomes a column
-_LISTS = ("sessions", "key_concepts")
+_LISTS = ("sessions", "key_concepts", "followup_kinds")
 _SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "system": "system"}
 
 
@@ -30,6 +35,8 @@ def lineage(row: dict[str, Any]) -> dict[str, Any]:
             values[key] = bool(value)
         elif key == "seed":
             values[key] = None if value is None else int(value)
+        elif key == "turns":  # a row without it is a single question and answer
+            values[key] = 1 if value is None else int(value)
         else:
             values[key] = "" if value is None else str(value)
     return values
@@ -59,6 +66,7 @@ def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_alpaca(row: dict[str, Any]) -> dict[str, Any]:
+    """The first turn only: Alpaca has no place for more (see ``user_turns``)."""
     messages = _messages(row)
     return {
         "id": row["id"],
@@ -69,6 +77,10 @@ def to_alpaca(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def user_turns(row: dict[str, Any]) -> int:
+    return sum(1 for m in row.get("messages") or [] if m.get("role") == "user")
+
+
 LAYOUTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "messages": to_messages,
     "sharegpt": to_sharegpt,
@@ -76,7 +88,35 @@ LAYOUTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 }
 
 
-def arrow_schema(layout: str) -> Any:
+# Beside the lineage when the run was reviewed (glan judge): the judge's overall score and reason,
+# the share of extra answers agreeing with the pair's final answer, and whether the answer is
+# the majority's (export --majority-answers).
+REVIEW_COLUMNS = ("judge_score", "judge_reason", "agreement", "majority_answer")
+
+
+def review_columns(review: Review | None) -> dict[str, Any]:
+    agreement = review.agreement if review is not None else None
+    return {
+        "judge_score": review.score if review is not None else None,
+        "judge_reason": (review.reason or "") if review is not None else "",
+        "agreement": agreement.share if agreement is not None else None,
+        "majority_answer": False,
+    }
+
+
+def with_majority_answer(row: dict[str, Any], review: Review | None) -> dict[str, Any] | None:
+    """The row with its first answer replaced by the majority's, when a majority of the extra
+    answers contradicts it; None otherwise."""
+    agreement = review.agreement if review is not None else None
+    if agreement is None or not agreement.contradicted or not agreement.majority_answer:
+        return None
+    messages = [dict(m) for m in row["messages"]]
+    first = next(i for i, m in enumerate(messages) if m.get("role") == "assistant")
+    messages[first]["content"] = agreement.majority_answer
+    return {**row, "messages": messages}
+
+
+def arrow_schema(layout: str, *, reviewed: bool = False) -> Any:
     """The Parquet/Arrow schema of a layout; explicit, so every shard has the same one (a shard
     whose ``language`` happens to be all null would otherwise get a column of type null)."""
     pa = require("pyarrow", "curate")
@@ -94,7 +134,10 @@ def arrow_schema(layout: str) -> Any:
             pa.field("output", text),
         ],
     }[layout]
-    types = {"sessions": pa.list_(text), "key_concepts": pa.list_(text), "seed": pa.int64()}
-    types["truncated"] = pa.bool_()
+    types = {name: pa.list_(text) for name in _LISTS}
+    types.update(seed=pa.int64(), turns=pa.int64(), truncated=pa.bool_())
     columns = [pa.field(name, types.get(name, text)) for name in LINEAGE]
+    if reviewed:
+        types.update(judge_score=pa.int64(), agreement=pa.float64(), majority_answer=pa.bool_())
+        columns += [pa.field(name, types.get(name, text)) for name in REVIEW_COLUMNS]
     return pa.schema([pa.field("id", text), *turns, *columns])

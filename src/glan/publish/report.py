@@ -2,7 +2,8 @@
 
 What it shows: pairs per field and discipline (a treemap of the taxonomy, then a bar per
 discipline split into basic and challenging), question and answer lengths, the basic/challenging
-mix, how many of the syllabi's key concepts the questions used, what curation removed and why
+mix, for conversations (``--turns``) the turns per conversation and the follow-up mix, how many of
+the syllabi's key concepts the questions used, what curation removed and why
 (with examples), and tokens and cost per stage.
 
 The page describes the dataset ``glan export`` would write: the curated set when curation has run,
@@ -37,6 +38,17 @@ _REASON_TEXT = {
     "wrong_language": "not in the expected language",
     "exact_duplicate": "same normalised question as a kept pair",
     "near_duplicate": "near-duplicate question (MinHash LSH, Jaccard checked)",
+    "low_score": "the judge scored it below --min-score",
+    "contradicted": "most extra answers reach another final answer",
+}
+
+
+_FOLLOWUP_TEXT = {
+    "clarify": "a step of the reply explained",
+    "variant": "the problem again with changed data",
+    "next_step": "the next step",
+    "later_session": "how it links to a later session",
+    "check_attempt": "the student's own attempt checked",
 }
 
 
@@ -77,6 +89,7 @@ def render(data: ReportData, figures: Figures) -> str:
     shown = sum(1 for d in data.disciplines.values() if d.total)
     tokens_in = sum(u["tokens_in"] for u in data.usage.values())
     tokens_out = sum(u["tokens_out"] for u in data.usage.values())
+    tokens_cached = sum(u.get("tokens_cached", 0) for u in data.usage.values())
     return template.render(
         title=f"glan report: {data.run_dir.name or data.run_dir}",
         run_dir=str(data.run_dir),
@@ -97,6 +110,7 @@ def render(data: ReportData, figures: Figures) -> str:
         spread=_spread(data),
         tokens_in=tokens_in,
         tokens_out=tokens_out,
+        tokens_cached=tokens_cached,
         total_cost=sum(data.cost.values()) if data.cost is not None else None,
         reasons=[r for r in REASONS if data.curation and data.curation.counts.get(r)],
         reason_text=_REASON_TEXT,
@@ -118,6 +132,12 @@ def render(data: ReportData, figures: Figures) -> str:
         ),
         figure_tokens=_markup(figures.tokens(data.usage)) if data.usage else None,
         matched=_matched_text,
+        review=sorted(data.review.values(), key=lambda r: (r.mean_score or 11, r.name)),
+        conversations=sum(n for turns, n in data.turns.items() if turns > 1),
+        turn_counts=sorted(data.turns.items()),
+        followup_mix=data.followup_kinds.most_common(),
+        followups=sum(data.followup_kinds.values()),
+        followup_text=_FOLLOWUP_TEXT,
     )
 
 

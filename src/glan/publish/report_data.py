@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -9,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from glan.costs.prices import spend_by_stage
+from glan.loop.eval import EvalResult, every_result
+from glan.publish.coverage import SubjectCoverage, coverage
 from glan.run import Run, open_run
 from glan.run.curation import CuratedRows, CurationLog, CurationRun
+from glan.stages.review import reviews
 
-STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer")
+STAGE_ORDER = ("taxonomy", "subjects", "syllabus", "question", "answer", "followup", "reply")
 _EXAMPLES = 5  # removals shown per reason
 _EXCERPT = 220
 
@@ -37,6 +41,27 @@ class DisciplineTally:
 
 
 @dataclass
+class ReviewTally:
+    """What glan judge found in one discipline (or in all)."""
+
+    field: str
+    name: str
+    scores: list[int] = field(default_factory=list)
+    shares: list[float] = field(default_factory=list)  # of samples agreeing, where scored
+    low: int = 0  # judged below 5
+    contradicted: int = 0
+    open_ended: int = 0  # no single final answer
+
+    @property
+    def mean_score(self) -> float | None:
+        return sum(self.scores) / len(self.scores) if self.scores else None
+
+    @property
+    def mean_share(self) -> float | None:
+        return sum(self.shares) / len(self.shares) if self.shares else None
+
+
+@dataclass
 class ReportData:
     run_dir: Path
     curation: CurationRun | None
@@ -48,6 +73,12 @@ class ReportData:
     cost: dict[str, float] | None
     examples: dict[str, list[dict[str, Any]]]
     benchmark_hits: dict[str, int]
+    review: dict[str, ReviewTally] = field(default_factory=dict)  # by discipline, every pair
+    lowest: list[dict[str, Any]] = field(default_factory=list)  # the lowest-scored pairs
+    subjects: list[SubjectCoverage] = field(default_factory=list)  # sessions, concepts used
+    evals: list[EvalResult] = field(default_factory=list)  # GLAN-Test comparisons (glan eval)
+    turns: Counter[int] = field(default_factory=Counter)  # rows by user turns
+    followup_kinds: Counter[str] = field(default_factory=Counter)  # every follow-up, by kind
 
     @property
     def pairs(self) -> int:
@@ -71,6 +102,8 @@ def gather(run_dir: str | Path) -> ReportData:
         _add_syllabi(run.store, disciplines)
         questions: dict[str, array[int]] = defaultdict(lambda: array("I"))
         answers: dict[str, array[int]] = defaultdict(lambda: array("I"))
+        turns: Counter[int] = Counter()
+        followups: Counter[str] = Counter()
         for row in rows:
             meta = row.get("meta") or {}
             discipline = _discipline(disciplines, meta)
@@ -79,8 +112,11 @@ def gather(run_dir: str | Path) -> ReportData:
             for concept in meta.get("key_concepts") or []:
                 discipline.used.add(_concept_key(meta.get("subject"), meta.get("level"), concept))
             messages = row.get("messages") or [{}, {}]
+            # of a conversation, the first turn: the question and its answer
             questions[kind].append(len(str(messages[0].get("content") or "")))
-            answers[kind].append(len(str(messages[-1].get("content") or "")))
+            answers[kind].append(len(str(messages[min(1, len(messages) - 1)].get("content") or "")))
+            turns[int(meta.get("turns") or 1)] += 1
+            followups.update(str(k) for k in meta.get("followup_kinds") or [])
         examples, hits = _removals(run, rows.curation)
         spent = spend_by_stage(run.usage())
         return ReportData(
@@ -92,13 +128,23 @@ def gather(run_dir: str | Path) -> ReportData:
             answer_chars=dict(answers),
             usage=_ordered_stages(
                 {
-                    stage: {"calls": s.calls, "tokens_in": s.tokens_in, "tokens_out": s.tokens_out}
+                    stage: {
+                        "calls": s.calls,
+                        "tokens_in": s.tokens_in,
+                        "tokens_cached": s.tokens_cached,
+                        "tokens_out": s.tokens_out,
+                    }
                     for stage, s in spent.items()
                 }
             ),
             cost={stage: s.cost for stage, s in spent.items()},
             examples=examples,
             benchmark_hits=hits,
+            **_review(run.store),
+            subjects=coverage(run),
+            evals=every_result(run),
+            turns=turns,
+            followup_kinds=followups,
         )
     finally:
         run.close()
@@ -159,3 +205,38 @@ def _removals(
 def _excerpt(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _EXCERPT else text[: _EXCERPT - 1] + "\u2026"
+
+
+def _review(store: Any) -> dict[str, Any]:
+    """The review of every generated pair (curated or not: the weak ones are the point), per
+    discipline, and the lowest-scored pairs with the judge's reasons."""
+    found = reviews(store)
+    tallies: dict[str, ReviewTally] = {}
+    for review in found.values():
+        name = review.discipline or "(none)"
+        tally = tallies.setdefault(name, ReviewTally(review.field or "(none)", name))
+        if review.score is not None:
+            tally.scores.append(review.score)
+            tally.low += review.score < 5
+        agreement = review.agreement
+        if agreement is not None:
+            tally.contradicted += agreement.contradicted
+            tally.open_ended += not agreement.single
+            if agreement.share is not None:
+                tally.shares.append(agreement.share)
+    scored = [(r.score, row_id) for row_id, r in found.items() if r.score is not None]
+    lowest = {row_id for _, row_id in heapq.nsmallest(_EXAMPLES, scored)}
+    examples = [
+        {
+            "id": item.data["row_id"],
+            "discipline": item.data.get("discipline"),
+            "score": item.result["overall"],
+            "reason": item.result["reason"],
+            "question": _excerpt(item.data["messages"][0]["content"]),
+        }
+        for item in store.nodes("judgement", "done")
+        if item.data["row_id"] in lowest
+        and found[item.data["row_id"]].score == item.result["overall"]
+    ]
+    examples.sort(key=lambda e: e["score"])
+    return {"review": tallies, "lowest": examples[:_EXAMPLES]}

@@ -17,7 +17,8 @@ from glan.run.store import DB_NAME, Store, StoreError
 
 ENGINE_META = "engine"  # glan.db meta key: "ray" for a Ray run
 
-Usage = list[tuple[str, str, bool, int, int, int]]  # (stage, model, batch, calls, in, out)
+# (stage, model, batch, calls, tokens in, tokens out, cached tokens in)
+Usage = list[tuple[str, str, bool, int, int, int, int]]
 
 
 class Run(Protocol):

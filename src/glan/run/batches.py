@@ -214,5 +214,6 @@ def _dumps(response: ChatResponse) -> str:
         "completion_tokens": response.completion_tokens,
         "latency": response.latency,
         "model": response.model,
+        "cached_tokens": response.cached_tokens,
     }
     return orjson.dumps(stored).decode()

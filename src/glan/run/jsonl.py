@@ -18,10 +18,21 @@ from glan.run.store import Store
 OUTPUT_NAME = "instructions.jsonl"
 
 
+class OutputWriteError(Exception):
+    """instructions.jsonl could not be written (most often: the disk is full). Nothing is lost:
+    the store holds every row, and the next run brings the file level with it."""
+
+    def __init__(self, path: Path, cause: OSError) -> None:
+        super().__init__(f"writing {path} failed: {cause.strerror or cause}")
+        self.path = path
+        self.cause = cause
+
+
 class JsonlOutput:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[str] | None = None
+        self.failure: OSError | None = None  # a write failed: the file is left as it is
 
     def open(self, store: Store) -> int:
         """Bring the file level with the store; returns how many rows were appended."""
@@ -62,17 +73,32 @@ class JsonlOutput:
         self.write_json(orjson.dumps(row).decode())
 
     def write_json(self, line: str) -> None:
-        """A row already serialised (as the store keeps it)."""
+        """A row already serialised (as the store keeps it). A write that fails is remembered,
+        not raised (this runs after a commit, which must not fail for it): ``flush`` raises it."""
         assert self._file is not None
-        self._file.write(line + "\n")
+        if self.failure is not None:
+            return
+        try:
+            self._file.write(line + "\n")
+        except OSError as error:
+            self.failure = error
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        """OutputWriteError when a write has failed."""
+        if self._file is not None and self.failure is None:
+            try:
+                self._file.flush()
+            except OSError as error:
+                self.failure = error
+        if self.failure is not None:
+            raise OutputWriteError(self.path, self.failure)
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as error:  # what the buffer held: the next run writes it again
+                self.failure = self.failure or error
             self._file = None
 
 

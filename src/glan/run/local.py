@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,9 @@ from glan.run.store import Store
 
 
 class LocalRun:
+    """Rows are the store's output rows, less those a longer conversation superseded (see
+    ``Store.supersede``): every question has one row, its longest conversation."""
+
     def __init__(self, store: Store, where: str) -> None:
         self.store = store
         self.where = where
@@ -19,7 +23,7 @@ class LocalRun:
     def counts(self) -> dict[str, dict[str, int]]:
         return self.store.counts()
 
-    def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
+    def usage(self) -> list[tuple[str, str, bool, int, int, int, int]]:
         return self.store.usage()
 
     def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:
@@ -28,11 +32,23 @@ class LocalRun:
     def last_seq(self) -> int:
         return self.store.last_out_seq()
 
+    @cached_property
+    def _superseded(self) -> bytearray | None:
+        return self.store.superseded()
+
+    def _current(self, seq: int) -> bool:
+        gone = self._superseded
+        return gone is None or seq >= len(gone) or not gone[seq]
+
     def rows(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        return self.store.outputs()
+        if self._superseded is None:
+            return self.store.outputs()
+        return ((seq, row) for seq, row in self.store.outputs() if self._current(seq))
 
     def questions_by_id(self, through: int) -> Iterator[tuple[int, str, str]]:
-        return self.store.questions_by_id(through)
+        if self._superseded is None:
+            return self.store.questions_by_id(through)
+        return (entry for entry in self.store.questions_by_id(through) if self._current(entry[0]))
 
     def question(self, seq: int) -> str:
         return self.store.question("out_seq", seq)

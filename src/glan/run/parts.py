@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glan.ids import stable_id
-from glan.items import META_KEYS
+from glan.items import SINGLE_TURN_META
 from glan.run.store import DB_NAME
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import pyarrow.fs as pafs
 
 ROWS, CALLS, FAILED = "rows", "calls", "failed"
-_LISTS = ("sessions", "key_concepts")
+_LISTS = ("sessions", "key_concepts", "followup_kinds")
 
 
 def _pa() -> Any:
@@ -49,19 +49,23 @@ def meta_type(key: str) -> pa.DataType:
     pa = _pa()
     if key in _LISTS:
         return pa.list_(pa.string())
-    return {"seed": pa.int64(), "truncated": pa.bool_()}.get(key, pa.string())
+    return {"seed": pa.int64(), "turns": pa.int64(), "truncated": pa.bool_()}.get(key, pa.string())
 
 
 @cache
 def row_schema() -> pa.Schema:
-    """A pair as the local engine writes it to instructions.jsonl: id, messages, meta."""
+    """A pair as the local engine writes it to instructions.jsonl: id, messages, meta. The Ray
+    engine makes single-turn pairs only (it refuses --turns above 1), so its meta has no
+    conversation keys: parts written before conversations existed have the same schema."""
     pa = _pa()
     text = pa.string()
     return pa.schema(
         [
             pa.field("id", text, nullable=False),
             pa.field("messages", pa.list_(pa.struct([("role", text), ("content", text)]))),
-            pa.field("meta", pa.struct([pa.field(key, meta_type(key)) for key in META_KEYS])),
+            pa.field(
+                "meta", pa.struct([pa.field(key, meta_type(key)) for key in SINGLE_TURN_META])
+            ),
         ]
     )
 
@@ -84,6 +88,9 @@ def call_schema() -> pa.Schema:
             ("latency", pa.float64()),
             ("batch", pa.bool_()),
             ("created_at", pa.float64()),
+            # of prompt_tokens, read from the server's prefix cache; parts written before glan
+            # kept it have no such column (read as 0)
+            pa.field("cached_tokens", pa.int64(), nullable=True),
         ]
     )
 

@@ -11,7 +11,6 @@ run of ten million rows costs tens of megabytes to count.
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -110,6 +109,7 @@ _REPLY_COLUMNS = [
     "latency",
     "model",
     "batch",
+    "cached_tokens",  # absent from parts of older glans: ChatResponse's default (0) stands
 ]
 
 
@@ -130,6 +130,7 @@ def stored_replies(location: RunLocation, done: np.ndarray) -> dict[str, ChatRes
             for row in batch.filter(pa.array(unfinished)).to_pylist():
                 key = row.pop("key")
                 del row["node_id"]
+                row["cached_tokens"] = row.get("cached_tokens") or 0
                 replies[key] = ChatResponse(**row, cached=True)
     return replies
 
@@ -189,11 +190,7 @@ def failures(location: RunLocation, done: np.ndarray) -> dict[str, Failure]:
 def errors(store: Store, failed: dict[str, Failure], limit: int = 10) -> list[tuple[str, str, str]]:
     """(kind, id, error) of the failed items of glan.db and failed/, most recent first, like
     ``Store.errors``."""
-    narrow = store.db.execute(
-        "SELECT updated_at, kind, id, error FROM nodes WHERE status = 'failed'"
-        " ORDER BY updated_at DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
+    narrow = store.failures(limit)
     wide = [(f.failed_at, f.kind, f.id, f.error) for f in failed.values()]
     recent = heapq.nlargest(limit, [*narrow, *wide], key=lambda entry: entry[0])
     return [(kind, node_id, error) for _, kind, node_id, error in recent]
@@ -224,27 +221,27 @@ def _finished_syllabi(store: Store) -> int:
 
 
 def _questions_per_syllabus(store: Store) -> int:
-    row = store.db.execute("SELECT config FROM invocations ORDER BY rowid DESC LIMIT 1").fetchone()
-    config = json.loads(row[0]) if row else {}
+    config = store.last_invocation()
     return int(config.get("questions_per_syllabus", GenerateConfig().questions_per_syllabus))
 
 
-def wide_usage(location: RunLocation) -> list[tuple[str, str, bool, int, int, int]]:
-    """(stage, model, batch, calls, tokens in, tokens out) of calls/, like ``Store.usage``:
-    grouped a batch at a time, then the small per-batch groups summed, so memory stays flat."""
+def wide_usage(location: RunLocation) -> list[tuple[str, str, bool, int, int, int, int]]:
+    """(stage, model, batch, calls, tokens in, tokens out, cached tokens in) of calls/, like
+    ``Store.usage``: grouped a batch at a time, then the small per-batch groups summed, so memory
+    stays flat."""
     import pyarrow as pa
 
     keys = ["stage", "model", "batch"]
-    columns = [*keys, "prompt_tokens", "completion_tokens"]
+    tokens = ["prompt_tokens", "completion_tokens", "cached_tokens"]
     partial = [
-        pa.Table.from_batches([batch])
+        pa.Table.from_batches([_with_cached_tokens(batch)])
         .group_by(keys)
-        .aggregate([([], "count_all"), ("prompt_tokens", "sum"), ("completion_tokens", "sum")])
-        for batch in location.read(CALLS, columns)
+        .aggregate([([], "count_all"), *((name, "sum") for name in tokens)])
+        for batch in location.read(CALLS, [*keys, *tokens])
     ]
     if not partial:
         return []
-    sums = ["count_all", "prompt_tokens_sum", "completion_tokens_sum"]
+    sums = ["count_all", *(f"{name}_sum" for name in tokens)]
     total = pa.concat_tables(partial).group_by(keys).aggregate([(name, "sum") for name in sums])
     return [
         (
@@ -254,6 +251,17 @@ def wide_usage(location: RunLocation) -> list[tuple[str, str, bool, int, int, in
             group["count_all_sum"] or 0,
             group["prompt_tokens_sum_sum"] or 0,
             group["completion_tokens_sum_sum"] or 0,
+            group["cached_tokens_sum_sum"] or 0,
         )
         for group in total.to_pylist()
     ]
+
+
+def _with_cached_tokens(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A batch of calls/ with a ``cached_tokens`` column (nulls, counted as 0, for a part
+    written before glan kept it)."""
+    import pyarrow as pa
+
+    if "cached_tokens" in batch.schema.names:
+        return batch
+    return batch.append_column("cached_tokens", pa.nulls(batch.num_rows, pa.int64()))

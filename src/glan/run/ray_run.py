@@ -60,7 +60,7 @@ class RayRun:
         counts.update(ray_parts.wide_counts(self.store, self._done, self._failed))
         return counts
 
-    def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
+    def usage(self) -> list[tuple[str, str, bool, int, int, int, int]]:
         return self.store.usage() + ray_parts.wide_usage(self.location)
 
     def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:

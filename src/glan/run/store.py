@@ -21,8 +21,13 @@ import orjson
 
 from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest, ChatResponse
+from glan.run.space import RESERVE_NAME, is_full
 
 DB_NAME = "glan.db"
+TURNS_META = "turns"  # meta: the run's --turns (absent: 1)
+# meta: replies were stored after their items' transaction failed (``Store.rescue``), so an item
+# created by a later run may already have its replies stored
+RESCUED_META = "rescued_calls"
 
 # Numbered migrations: index i brings user_version i to i + 1. Never edit one that has shipped.
 MIGRATIONS: list[str] = [
@@ -66,11 +71,24 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE schema_versions (component TEXT PRIMARY KEY, version INTEGER NOT NULL);
     """,
+    # 2: prompt tokens the server read from its prefix cache (0: none, or not reported)
+    """
+    ALTER TABLE calls ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
 class StoreError(Exception):
     """The run directory cannot be used (not writable, disk full, newer schema)."""
+
+
+class StoreWriteError(StoreError):
+    """A write to glan.db failed mid-run (most often: the disk is full). The store stops
+    writing; the replies of the failed transaction wait in ``Store.unsaved`` for ``rescue``."""
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class Store:
@@ -95,6 +113,10 @@ class Store:
         self._commit_scheduled = False
         self._waiters: list[asyncio.Future[None]] = []
         self._after_commit: list[Any] = []
+        self.failure: StoreWriteError | None = None  # a write failed: no more are made
+        self._tx_calls: list[tuple[Any, ...]] = []  # calls written in the open transaction
+        self.unsaved: list[tuple[Any, ...]] = []  # calls received that a failure kept out
+        self._reserve: Path | None = None
         self._next_out_seq = (
             self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0] + 1
         )
@@ -155,31 +177,116 @@ class Store:
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
-        self.commit()
-        self.db.close()
+        try:
+            if self.failure is None:  # after a failure there is nothing left to commit
+                self.commit()
+        finally:
+            self.db.close()
+            self._drop_reserve()
+
+    # -- room to finish -----------------------------------------------------------------------
+
+    def reserve_space(self, size: int) -> None:
+        """Set ``size`` bytes aside beside glan.db (``glan.reserve``, removed on close): when the
+        disk fills, ``rescue`` gives them back to store the replies of the last moment. OSError
+        when even that does not fit (the disk is full already)."""
+        path = self.path.parent / RESERVE_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            if is_full(error):
+                raise
+            return  # a filesystem that cannot allocate ahead: run without the reserve
+        os.close(fd)
+        self._reserve = path
+
+    def stop_writing(self, cause: BaseException) -> None:
+        """Something else of the run cannot be written (instructions.jsonl): commit what is
+        written, then take no more writes; replies that still come in wait for ``rescue``."""
+        if self.failure is None:
+            with contextlib.suppress(StoreWriteError):
+                self.commit()
+        if self.failure is None:
+            self.failure = StoreWriteError(f"stopped writing {self.path}: {cause}", cause)
+
+    def _drop_reserve(self) -> None:
+        if self._reserve is not None:
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+            self._reserve = None
+
+    def rescue(self) -> int:
+        """After a failed write: store the replies it kept out, with the reserve given back.
+        Returns how many could still not be stored (they will be asked again)."""
+        if not self.unsaved:
+            return 0
+        self._drop_reserve()
+        for _ in range(2):
+            try:
+                self.db.execute("BEGIN")
+                self.db.executemany(_RESCUE_CALL, self.unsaved)
+                # Their items may not exist, or not be done: the next run finds these replies
+                # only if it looks up every item's requests, new ones too.
+                self.db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, 'true')", (RESCUED_META,)
+                )
+                self.db.execute("COMMIT")
+            except sqlite3.Error:
+                with contextlib.suppress(sqlite3.Error):
+                    if self.db.in_transaction:
+                        self.db.execute("ROLLBACK")
+                    # fold the write-ahead log into the database: it may give room back
+                    self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                continue
+            self.unsaved = []
+            return 0
+        return len(self.unsaved)
 
     # -- transactions -------------------------------------------------------------------------
 
     def _write(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        if not self._in_tx:
-            self.db.execute("BEGIN")
-            self._in_tx = True
+        if self.failure is not None:
+            raise self.failure
         try:
+            if not self._in_tx:
+                self.db.execute("BEGIN")
+                self._in_tx = True
             return self.db.execute(sql, tuple(params))
         except sqlite3.OperationalError as error:
-            raise StoreError(f"writing {self.path} failed: {error}") from None
+            raise self._failed(f"writing {self.path} failed: {error}", error) from None
+
+    def _failed(self, message: str, cause: sqlite3.Error) -> StoreWriteError:
+        """A write failed: give up the transaction (SQLite may have rolled it back already),
+        keep its replies for ``rescue``, and refuse every write from now on."""
+        if self.failure is None:
+            self.failure = StoreWriteError(message, cause)
+        with contextlib.suppress(sqlite3.Error):
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        self._in_tx = False
+        self.unsaved.extend(self._tx_calls)
+        self._tx_calls = []
+        self._after_commit = []  # what they would have done depended on the lost writes
+        return self.failure
 
     def commit(self) -> None:
         """Make every write so far durable, then wake whoever waits on it."""
         self._commit_scheduled = False
         waiters, self._waiters = self._waiters, []
         try:
+            if self.failure is not None:
+                raise self.failure
             if self._in_tx:
                 try:
                     self.db.execute("COMMIT")
                 except sqlite3.OperationalError as error:
-                    raise StoreError(f"committing {self.path} failed: {error}") from None
+                    raise self._failed(f"committing {self.path} failed: {error}", error) from None
                 self._in_tx = False
+            self._tx_calls = []
         except StoreError as error:
             for waiter in waiters:
                 if not waiter.done():
@@ -198,6 +305,8 @@ class Store:
         The commit runs on the event loop's next turn, so every reply that arrived in this turn
         shares it (group commit) and none waits longer than one turn.
         """
+        if self.failure is not None:
+            raise self.failure
         if not self._in_tx:
             return
         loop = asyncio.get_running_loop()
@@ -225,10 +334,25 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def meta_like(self, prefix: str) -> dict[str, Any]:
+        """Every meta value whose key starts with ``prefix``, by key."""
+        rows = self.db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        )
+        return {key: json.loads(value) for key, value in rows}
+
     def set_meta(self, key: str, value: Any) -> None:
         self._write(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value))
         )
+
+    def last_invocation(self) -> dict[str, Any]:
+        """The config of the latest run that used this store ({} when none did)."""
+        row = self.db.execute(
+            "SELECT config FROM invocations ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        return json.loads(row[0]) if row else {}
 
     def log_invocation(self, config: dict[str, Any]) -> None:
         self._write(
@@ -240,30 +364,43 @@ class Store:
 
     def cached_call(self, key: str) -> ChatResponse | None:
         row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model, batch"
-            " FROM calls WHERE key = ?",
+            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model, batch,"
+            " cached_tokens FROM calls WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        text, finish_reason, tokens_in, tokens_out, latency, model, batch = row
+        text, finish_reason, tokens_in, tokens_out, latency, model, batch, tokens_cached = row
         return ChatResponse(
-            text, finish_reason, tokens_in, tokens_out, latency, model, bool(batch), cached=True
+            text,
+            finish_reason,
+            tokens_in,
+            tokens_out,
+            latency,
+            model,
+            bool(batch),
+            cached=True,
+            cached_tokens=tokens_cached,
         )
 
     def save_call(
         self, request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
     ) -> None:
-        record = call_record(request, response, node_id=node_id, stage=stage)
-        self._write(_INSERT_CALL, record.values())
+        values = tuple(call_record(request, response, node_id=node_id, stage=stage).values())
+        if self.failure is not None:  # a reply that came in after a failed write: kept
+            self.unsaved.append(values)
+            return
+        self._tx_calls.append(values)
+        self._write(_INSERT_CALL, values)
 
-    def usage(self) -> list[tuple[str, str, bool, int, int, int]]:
-        """(stage, model, batch, calls, tokens in, tokens out) of every paid-for reply."""
+    def usage(self) -> list[tuple[str, str, bool, int, int, int, int]]:
+        """(stage, model, batch, calls, tokens in, tokens out, cached tokens in) of every paid-for
+        reply."""
         return [
-            (stage, model, bool(batch), calls, tokens_in or 0, tokens_out or 0)
-            for stage, model, batch, calls, tokens_in, tokens_out in self.db.execute(
-                "SELECT stage, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)"
-                " FROM calls GROUP BY stage, model, batch"
+            (stage, model, bool(batch), calls, tokens_in or 0, tokens_out or 0, cached or 0)
+            for stage, model, batch, calls, tokens_in, tokens_out, cached in self.db.execute(
+                "SELECT stage, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
+                " SUM(cached_tokens) FROM calls GROUP BY stage, model, batch"
             )
         ]
 
@@ -379,8 +516,12 @@ class Store:
 
     def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:
         """(kind, id, error) of failed nodes, most recent first."""
+        return [(kind, node_id, error) for _, kind, node_id, error in self.failures(limit)]
+
+    def failures(self, limit: int = 10) -> list[tuple[float, str, str, str]]:
+        """(when, kind, id, error) of failed nodes, most recent first."""
         return self.db.execute(
-            "SELECT kind, id, error FROM nodes WHERE status = 'failed'"
+            "SELECT updated_at, kind, id, error FROM nodes WHERE status = 'failed'"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         ).fetchall()
@@ -394,6 +535,53 @@ class Store:
 
     def last_out_seq(self) -> int:
         return self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0]
+
+    # -- superseded rows (--turns raised on a run) ------------------------------------------
+
+    def start_superseding(self) -> None:
+        """From now on a new output row supersedes the output rows above it in the tree (see
+        ``supersede``): ``--turns`` was raised on a run that has rows."""
+        self.migrate(SUPERSEDED, _SUPERSEDED_MIGRATIONS)
+
+    def superseding(self) -> bool:
+        return self._has_table(SUPERSEDED)
+
+    def supersede(self, node_id: str) -> None:
+        """Record the output rows above ``node_id`` (just made an output row) as superseded.
+
+        Raising ``--turns`` makes a question's row so far (its answer, or the reply of the old
+        last turn) the start of a longer conversation, whose last reply becomes the question's
+        row. The earlier row stays in the store and in instructions.jsonl, which only grow;
+        readers of the dataset (curate, export, report, status) skip it. Recorded as the new
+        row is finished, in its transaction: a walk up its few ancestors."""
+        self._write(_SUPERSEDE, (node_id, node_id))
+
+    def superseded(self) -> bytearray | None:
+        """Superseded output rows as flags by out_seq; None when there are none."""
+        if not self.superseding():
+            return None
+        rows = self.db.execute(f"SELECT out_seq FROM {SUPERSEDED} ORDER BY out_seq").fetchall()
+        if not rows:
+            return None
+        flags = bytearray(rows[-1][0] + 1)  # a later row is none
+        for (out_seq,) in rows:
+            flags[out_seq] = 1
+        return flags
+
+    def row_count(self) -> int:
+        """Rows of the dataset: output rows less the superseded ones."""
+        (total,) = self.db.execute(
+            "SELECT COUNT(*) FROM nodes WHERE out_seq IS NOT NULL"
+        ).fetchone()
+        if self.superseding():
+            total -= self.db.execute(f"SELECT COUNT(*) FROM {SUPERSEDED}").fetchone()[0]
+        return int(total)
+
+    def _has_table(self, name: str) -> bool:
+        found = self.db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
 
     def questions_by_id(self, through: int) -> Iterator[tuple[int, str, str]]:
         """(out_seq, id, question) of every output row up to ``through``, by id.
@@ -425,11 +613,12 @@ class Store:
         return row[0] if row else None
 
     def rows_by_root(self) -> dict[str, int]:
-        """Output rows per discipline (root id)."""
+        """Rows per discipline (root id), less superseded ones."""
+        where = "out_seq IS NOT NULL"
+        if self.superseding():
+            where += f" AND out_seq NOT IN (SELECT out_seq FROM {SUPERSEDED})"
         return dict(
-            self.db.execute(
-                "SELECT root, COUNT(*) FROM nodes WHERE out_seq IS NOT NULL GROUP BY root"
-            ).fetchall()
+            self.db.execute(f"SELECT root, COUNT(*) FROM nodes WHERE {where} GROUP BY root")
         )
 
 
@@ -481,14 +670,39 @@ def call_record(
         "latency": response.latency,
         "batch": response.batch,
         "created_at": time.time(),
+        "cached_tokens": response.cached_tokens,
     }
 
 
+SUPERSEDED = "superseded_rows"  # a component of its own (``Store.migrate``): raised runs only
+_SUPERSEDED_MIGRATIONS = [
+    f"""
+    CREATE TABLE {SUPERSEDED} (
+        out_seq INTEGER PRIMARY KEY,  -- the superseded row
+        by_id TEXT NOT NULL  -- the row that supersedes it
+    );
+    """
+]
+# The output rows among a node's ancestors, up to its root (a conversation row at turn 3: six
+# ancestors), each step a primary-key lookup.
+_SUPERSEDE = f"""
+INSERT OR IGNORE INTO {SUPERSEDED} (out_seq, by_id)
+SELECT out_seq, ?2 FROM nodes WHERE out_seq IS NOT NULL AND id IN (
+    WITH RECURSIVE up(id) AS (
+        SELECT parent_id FROM nodes WHERE id = ?1
+        UNION ALL
+        SELECT n.parent_id FROM up JOIN nodes n ON n.id = up.id WHERE n.parent_id IS NOT NULL
+    )
+    SELECT id FROM up
+)
+"""
+
 _CALL_COLUMNS = (
     "key, node_id, stage, model, request, text, finish_reason, prompt_tokens,"
-    " completion_tokens, latency, batch, created_at"
+    " completion_tokens, latency, batch, created_at, cached_tokens"
 )
-_INSERT_CALL = f"INSERT OR REPLACE INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 12)})"
+_INSERT_CALL = f"INSERT OR REPLACE INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+_RESCUE_CALL = _INSERT_CALL.replace("OR REPLACE", "OR IGNORE")
 _COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempts"
 _NODE_SELECT = f"SELECT {_COLUMNS} FROM nodes"
 

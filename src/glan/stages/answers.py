@@ -1,5 +1,6 @@
 """An answer per question, in a separate call (paper: often a cheaper model, T=0.7, top-p 0.95).
-A finished answer is a row of the dataset, with its whole lineage."""
+A finished answer is a row of the dataset, with its whole lineage; in a conversation (``--turns``
+above 1) it is the first turn, and the last turn's reply is the row."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from glan.items import FROM_QUESTION, Item, NewItem
 from glan.llm.types import ChatRequest
 from glan.prompts import prompts_for
 from glan.stages.base import Teacher, request_for, system, user
+from glan.stages.turns import next_followup
 
 
 class AnswerStage:
     item_kind: ClassVar[str] = "answer"
     name: ClassVar[str] = "answer"
-    output: ClassVar[bool] = True
+    output: ClassVar[bool] = True  # its items can be rows: with --turns 1 they are
 
     def __init__(self, config: GenerateConfig) -> None:
         self.config = config
@@ -52,4 +54,7 @@ class AnswerStage:
         }
 
     def expand(self, node: Item) -> list[NewItem]:
-        return []
+        if self.config.turns <= 1:
+            return []
+        assert node.parent_id is not None
+        return [next_followup(node, node.parent_id, 2)]

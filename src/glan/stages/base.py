@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -33,7 +34,7 @@ class Stage(Protocol):
 
     item_kind: ClassVar[str]  # the kind of item it works on: the syllabus stage works on subjects
     name: ClassVar[str]  # the config section and progress label
-    output: ClassVar[bool]  # results are rows of instructions.jsonl
+    output: ClassVar[bool]  # its results can be rows of the dataset (``Workflow.is_row``: which)
 
     def request(self, node: Item, parent: Item) -> ChatRequest: ...
 
@@ -49,15 +50,48 @@ class Workflow(Protocol):
     stages: dict[str, Stage]  # shallowest first
     upstream: tuple[str, ...]  # kinds that keep a share of the slots: they feed the wide ones
     regrow: tuple[str, ...]  # kinds whose children change with ``expansion_signature``
-    # (sibling kind, parent kind): when every sibling of a parent is done, ``merge`` makes the
-    # parent's next children from all of them (GLAN: subjects from every subject query)
-    gathered: tuple[str, str] | None
+    # (sibling kind or kinds, parent kind): when every sibling of a parent is done, ``merge``
+    # makes the parent's next children from all of them (GLAN: subjects from every subject
+    # query; GLAN-Test: the judgements from both candidates' answers)
+    gathered: tuple[str | tuple[str, ...], str] | None
+    signature_key: str  # the store's meta key that keeps the last ``expansion_signature``
 
     def children(self, node: Item) -> list[NewItem]: ...
 
     def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]: ...
 
     def expansion_signature(self) -> str: ...
+
+    def context(self, node: Item, get: Callable[[str], Item]) -> Item | None:
+        """The item besides its parent that ``node``'s stage reads (``get`` looks items up by
+        id); the engine hands it over as ``node.context``. GLAN: a conversation's follow-up
+        reads the syllabus of its subject."""
+        ...
+
+    def is_row(self, node: Item) -> bool:
+        """Whether the finished ``node`` is a row of the dataset."""
+        ...
+
+
+class FlatWorkflow:
+    """A workflow whose items are all planted up front: nothing grows from a finished item, and
+    nothing is a row of the dataset (the taxonomy build's levels, the review, GLAN-Test)."""
+
+    upstream: tuple[str, ...] = ()
+    regrow: tuple[str, ...] = ()
+    gathered: tuple[str | tuple[str, ...], str] | None = None
+
+    def children(self, node: Item) -> list[NewItem]:
+        return []
+
+    def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]:
+        return []
+
+    def context(self, node: Item, get: Callable[[str], Item]) -> Item | None:
+        return None
+
+    def is_row(self, node: Item) -> bool:
+        return False
 
 
 def user(content: str) -> Message:

@@ -42,14 +42,78 @@ def sample_spec(
     return {"type": "basic", "sessions": [index], "key_concepts": rng.sample(concepts, count)}
 
 
+class Coverage:
+    """``question_sampling: cover``: each spec takes the sessions and key concepts used least so
+    far (ties drawn at random), so a syllabus's sessions and concepts are all used before any is
+    used again; still seeded, so the same syllabus and seed give the same specs."""
+
+    def __init__(self, sessions: list[dict[str, Any]]) -> None:
+        self.sessions = sessions
+        self.session_uses = [0] * len(sessions)
+        self.concept_uses: dict[str, int] = {}
+
+    def sample(self, rng: random.Random, challenging_ratio: float) -> dict[str, Any]:
+        # sessions never used, then those with concepts never used, then the least used
+        order = sorted(
+            range(len(self.sessions)),
+            key=lambda s: (
+                min(self.session_uses[s], 1),
+                not self._fresh(s),
+                self.session_uses[s],
+                rng.random(),
+            ),
+        )
+        if len(order) >= 2 and rng.random() < challenging_ratio:
+            first, second = sorted(order[:2])
+            a, b = self._least(first, rng), self._least(second, rng)
+            union = list(dict.fromkeys(a + b))
+            if len(union) >= 2:
+                picked = list(dict.fromkeys([a[0], next((c for c in b if c != a[0]), b[0])]))
+                rest = sorted((c for c in union if c not in picked), key=self._uses)
+                count = self._count(rng.randint(2, min(MAX_CONCEPTS, len(union))), union, 2)
+                spec = {"type": "challenging", "sessions": [first, second]}
+                return self._used({**spec, "key_concepts": picked + rest[: count - len(picked)]})
+        index = order[0]
+        concepts = self._least(index, rng)
+        count = self._count(rng.randint(1, min(MAX_CONCEPTS, len(concepts))), concepts, 1)
+        return self._used({"type": "basic", "sessions": [index], "key_concepts": concepts[:count]})
+
+    def _count(self, drawn: int, concepts: list[str], least: int) -> int:
+        """While some concepts are unused, take no used one along with them."""
+        fresh = sum(1 for c in concepts if not self._uses(c))
+        return max(least, min(drawn, fresh)) if fresh else drawn
+
+    def _fresh(self, session: int) -> bool:
+        return any(not self._uses(c) for c in self.sessions[session]["key_concepts"])
+
+    def _least(self, session: int, rng: random.Random) -> list[str]:
+        concepts = list(dict.fromkeys(self.sessions[session]["key_concepts"]))
+        return sorted(concepts, key=lambda c: (self._uses(c), rng.random()))
+
+    def _uses(self, concept: str) -> int:
+        return self.concept_uses.get(concept, 0)
+
+    def _used(self, spec: dict[str, Any]) -> dict[str, Any]:
+        for session in spec["sessions"]:
+            self.session_uses[session] += 1
+        for concept in spec["key_concepts"]:
+            self.concept_uses[concept] = self._uses(concept) + 1
+        return spec
+
+
 def sample_specs(config: GenerateConfig, subject: Item) -> list[NewItem]:
-    """The question nodes of a finished syllabus. Spec ``i`` depends only on (seed, subject, i), so
-    asking for more questions per syllabus later keeps the first ones."""
+    """The question nodes of a finished syllabus. Spec ``i`` depends only on (seed, subject, i)
+    (with ``cover``, on the specs before it too), so asking for more questions per syllabus later
+    keeps the first ones."""
     sessions = subject.result["sessions"]
+    cover = Coverage(sessions) if config.question_sampling == "cover" else None
     nodes = []
     for i in range(config.questions_per_syllabus):
         rng = random.Random(stable_int(config.seed, subject.id, i))
-        spec = sample_spec(sessions, rng, config.challenging_ratio)
+        if cover is not None:
+            spec = cover.sample(rng, config.challenging_ratio)
+        else:
+            spec = sample_spec(sessions, rng, config.challenging_ratio)
         lineage = {k: v for k, v in subject.data.items() if k not in ("subtopics", "description")}
         nodes.append(
             NewItem(

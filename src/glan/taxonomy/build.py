@@ -39,7 +39,7 @@ from glan.llm.negotiation import StructuredOutput, stored_negotiator
 from glan.llm.types import ChatRequest
 from glan.prompts import Prompts, prompts_for
 from glan.run.store import Store
-from glan.stages.base import Teacher, user
+from glan.stages.base import FlatWorkflow, Teacher, user
 from glan.stages.subjects import normalise
 from glan.taxonomy.edit import NodePath, write
 from glan.taxonomy.model import Review, Taxonomy, TaxonomyNode
@@ -348,21 +348,13 @@ class DraftStage:
         return []  # the next level is asked once this one is merged
 
 
-class _Level:
+class _Level(FlatWorkflow):
     """A level of the build as a workflow: one stage, nothing grows from it by itself."""
 
-    upstream: tuple[str, ...] = ()
-    regrow: tuple[str, ...] = ()
-    gathered = None
+    signature_key = "expansion:taxonomy"
 
     def __init__(self, stage: DraftStage) -> None:
         self.stages: dict[str, Any] = {stage.item_kind: stage}
-
-    def children(self, node: Item) -> list[NewItem]:
-        return []
-
-    def merge(self, parent: Item, siblings: list[Item]) -> list[NewItem]:
-        return []
 
     def expansion_signature(self) -> str:
         return STAGE

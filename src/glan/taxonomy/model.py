@@ -296,19 +296,27 @@ class Taxonomy(BaseModel):
         )
 
     def select(self, names: Iterable[str] | None) -> list[Discipline]:
-        """The disciplines named by ``names``; ``None`` or no names means all of them.
+        """The disciplines named by ``names``; ``None`` means all of them.
 
         A name matches a discipline's name, a full path ("Field > Sub-field > Discipline"), or an
         inner node's name or path (every discipline under it), ignoring case and surrounding
         whitespace. A bare name that occurs in several places selects all of them. The result is
         in file order without repeats. Unknown names raise ``TaxonomyError`` with suggestions.
+
+        An empty selection (``[]``, or only blank names: an unset shell variable) is an error, not
+        the whole taxonomy: that is what ``None`` asks for, and it can cost a thousand times more.
         """
+        everything = self.disciplines()
+        if names is None:
+            return everything
         if isinstance(names, str):
             names = [names]
-        wanted = [n for n in (names or ()) if n and n.strip()]
-        everything = self.disciplines()
+        wanted = [n for n in names if n and n.strip()]
         if not wanted:
-            return everything
+            raise TaxonomyError(
+                "the selection of disciplines is empty: name at least one discipline, field or"
+                " path, or select none at all (no disciplines option) for the whole taxonomy"
+            )
 
         index: dict[str, set[int]] = {}
         for i, discipline in enumerate(everything):

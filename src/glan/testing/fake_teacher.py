@@ -3,8 +3,11 @@
 The server runs on its own event loop in a background thread, so synchronous tests, async tests
 and subprocesses can all reach it over real HTTP. A reply is a pure function of the seed and
 the canonical JSON of the request body; structured requests get documents that validate against
-their JSON Schema. Faults (429, 5xx, timeouts, dropped connections, broken or truncated replies)
-can be scripted, drawn at random rates, or pinned to requests that contain a given text.
+their JSON Schema. Like vLLM's automatic prefix caching, it remembers the prompts it answered in
+blocks and reports the leading blocks it had seen as ``usage.prompt_tokens_details.cached_tokens``
+(``prefix_cache=False`` reports none). Faults (429, 5xx, timeouts, dropped connections, broken or
+truncated replies) can be scripted, drawn at random rates, or pinned to requests that contain a
+given text; so can a canned reply (``reply_with``: a refusal, say).
 
 Standalone: ``python -m glan.testing.fake_teacher --port 8000 --latency 0.5``.
 """
@@ -21,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
@@ -490,10 +493,50 @@ def _tokens(chars: int) -> int:
     return -(-chars // 4)
 
 
-def _completion(body: dict[str, Any], reply: _Reply, digest: int) -> dict[str, Any]:
+class PrefixCache:
+    """What a server with automatic prefix caching keeps (vLLM, SGLang; OpenAI on its side): a
+    prompt is cut in blocks, each known by the model and everything up to its end, so a prompt
+    whose first blocks were seen before reads them from the cache. The least recently used
+    blocks are forgotten beyond ``capacity``."""
+
+    BLOCK = 64  # characters, about 16 tokens: vLLM's default block size
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self.capacity = capacity
+        self._blocks: OrderedDict[bytes, None] = OrderedDict()
+
+    def read(self, body: dict[str, Any]) -> int:
+        """How many characters of the prompt of ``body`` were cached; remembers its blocks."""
+        text = _prompt_text(body.get("messages"))
+        hasher = hashlib.blake2b(str(body.get("model")).encode(), digest_size=12)
+        cached, hit = 0, True
+        for start in range(0, len(text) - self.BLOCK + 1, self.BLOCK):  # whole blocks only
+            hasher.update(text[start : start + self.BLOCK].encode())
+            key = hasher.copy().digest()
+            if hit and key in self._blocks:
+                cached += self.BLOCK
+                self._blocks.move_to_end(key)
+                continue
+            hit = False
+            self._blocks[key] = None
+            if len(self._blocks) > self.capacity:
+                self._blocks.popitem(last=False)
+        return cached
+
+
+def _prompt_text(messages: Any) -> str:
+    return "".join(
+        f"<{m.get('role')}>{_text(m.get('content'))}" for m in messages or () if isinstance(m, dict)
+    )
+
+
+def _completion(
+    body: dict[str, Any], reply: _Reply, digest: int, cached_chars: int = 0
+) -> dict[str, Any]:
     messages = body.get("messages")
     prompt_chars = sum(len(_text(m.get("content"))) for m in messages or () if isinstance(m, dict))
     prompt_tokens, completion_tokens = _tokens(prompt_chars), _tokens(len(reply.content))
+    cached_tokens = min(prompt_tokens, cached_chars // 4)
     model = body.get("model")
     return {
         "id": f"chatcmpl-{digest:016x}",
@@ -511,6 +554,7 @@ def _completion(body: dict[str, Any], reply: _Reply, digest: int) -> dict[str, A
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
         },
     }
 
@@ -600,6 +644,7 @@ class FakeTeacher:
         retry_after: str = "1",
         timeout_sleep: float = 30.0,
         record: bool = True,
+        prefix_cache: bool = True,
     ) -> None:
         self._lock = threading.Lock()
         self.api_key = api_key
@@ -614,9 +659,11 @@ class FakeTeacher:
         self.retry_after = retry_after
         self.timeout_sleep = timeout_sleep
         self.record = record
+        self.prefix_cache = PrefixCache() if prefix_cache else None
         self._bodies: list[dict[str, Any]] = []
         self._arrivals: list[float] = []  # time.monotonic() of each recorded request
         self._scripts: list[_Script] = []
+        self._replies: list[tuple[str, Any]] = []
         self._rates: _Rates | None = None
         self._always: dict[str, Fault] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -728,6 +775,32 @@ class FakeTeacher:
         with self._lock:
             self._always[match] = checked
 
+    def reply_with(self, match: str, reply: Any) -> None:
+        """Requests containing ``match`` get ``reply``: a JSON document answers those that ask
+        for JSON (a schema in ``response_format`` or in the prompt), a text answers the others.
+        Rules are tried in the order they were given (put the narrow ones first); faults still
+        come first. For tests that need a teacher to be wrong on purpose."""
+        with self._lock:
+            self._replies.append((match, reply))
+
+    def _reply_for(self, text: str, body: dict[str, Any]) -> _Reply | None:
+        kind = _dict(body.get("response_format")).get("type")
+        wants_json = (
+            kind not in (None, "text") or _schema_in_prompt(body.get("messages")) is not None
+        )
+        with self._lock:
+            reply = next(
+                (
+                    r
+                    for match, r in self._replies
+                    if match in text and isinstance(r, str) != wants_json
+                ),
+                None,
+            )
+        if reply is None:
+            return None
+        return _Reply(reply) if isinstance(reply, str) else _structured(reply)
+
     def _draw_fault(self, text: str) -> Fault | None:
         with self._lock:
             for match, fault in self._always.items():
@@ -768,10 +841,11 @@ class FakeTeacher:
         return sum(substring in _canonical(body).decode() for body in self.requests)
 
     def reset(self) -> None:
-        """Forget recorded requests (batch API recordings too), scripts, rates and always_fail
-        rules; settings stay."""
+        """Forget recorded requests (batch API recordings too), scripts, rates, always_fail rules
+        and canned replies; settings stay."""
         with self._lock:
             self._bodies.clear()
+            self._replies.clear()
             self._arrivals.clear()
             self._scripts.clear()
             self._rates = None
@@ -802,11 +876,12 @@ class FakeTeacher:
                 "type": "invalid_request_error",
             }
             return 400, {"error": error}
-        digest = _digest(settings.seed, _canonical(body))
-        reply = _compose(
+        canonical = _canonical(body)
+        digest = _digest(settings.seed, canonical)
+        reply = self._reply_for(canonical.decode(), body) or _compose(
             body, digest, enforce_schema=settings.mode == "honour", dialect=settings.dialect
         )
-        return 200, _completion(body, reply, digest)
+        return 200, _completion(body, reply, digest, self._cached_chars(body))
 
     async def _models(self, request: web.Request) -> web.Response:
         if not _authorized(request, self._settings().api_key):
@@ -855,7 +930,7 @@ class FakeTeacher:
                 param="response_format",
             )
         digest = _digest(settings.seed, canonical)
-        reply = _compose(
+        reply = self._reply_for(canonical.decode(), body) or _compose(
             body, digest, enforce_schema=settings.mode == "honour", dialect=settings.dialect
         )
         if fault == "malformed":
@@ -863,8 +938,15 @@ class FakeTeacher:
         elif fault == "truncated":
             reply = reply.truncated()
         return web.Response(
-            body=orjson.dumps(_completion(body, reply, digest)), content_type="application/json"
+            body=orjson.dumps(_completion(body, reply, digest, self._cached_chars(body))),
+            content_type="application/json",
         )
+
+    def _cached_chars(self, body: dict[str, Any]) -> int:
+        if self.prefix_cache is None:
+            return 0
+        with self._lock:
+            return self.prefix_cache.read(body)
 
 
 def _canonical(body: dict[str, Any]) -> bytes:

@@ -23,6 +23,7 @@ import ray.data
 from ray.data import ActorPoolStrategy, DataContext
 
 from glan.config import ConfigError, GenerateConfig, RayOptions
+from glan.costs.budget import Budget
 from glan.costs.progress import RunStats
 from glan.engine.local import Display, Limits, LocalEngine
 from glan.engine.ray.workers import Meter, StageWorker, dump_node, expand_specs
@@ -60,7 +61,10 @@ class RayEngine:
         endpoint: tuple[str, str | None],
         stats: RunStats,
         display: Display,
+        budget: Budget | None = None,
     ) -> None:
+        """``budget``: the run's spending cap; ``client`` reserves against it (``CappedClient``)
+        on the driver, and the workers against the meter's copy of it."""
         self.config = config
         self.store = store
         self.state = state
@@ -79,13 +83,21 @@ class RayEngine:
             stats,
             _Refreshing(display),
             kinds=pipeline.upstream,
+            budget=budget,
         )
+        self.budget = budget
         self.roots: set[str] = set()
+        self.wide_capped = False
 
     def prepare(self, roots: list[NewItem]) -> None:
         self.store.set_meta(ENGINE_META, "ray")
         self.roots = {node.id for node in roots if node.kind == "discipline"}
         self.narrow.prepare(roots)
+
+    @property
+    def capped(self) -> bool:
+        """The run stopped at its spending cap: a request was refused, here or on a worker."""
+        return self.narrow.capped or self.wide_capped
 
     async def run(self) -> None:
         self.display.start()
@@ -95,7 +107,8 @@ class RayEngine:
             # resumed elsewhere after a crash, the run draws from the same ones.
             self.store.checkpoint()
             self.state.upload()
-            await self._wide()
+            if not self.narrow.capped:
+                await self._wide()
         finally:
             self.display.stop()
 
@@ -116,7 +129,8 @@ class RayEngine:
         if not subjects:
             return
         _start_ray(self.config.ray)
-        meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices)
+        cap = None if self.budget is None else (self.budget.cap, self.budget.spent)
+        meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices, cap)
         dataset = self._dataset(subjects, done, attempts, stored, meter)
         before = dict.fromkeys(("question", "answer"), written)
         poller = asyncio.create_task(self._poll(meter, before))
@@ -138,6 +152,8 @@ class RayEngine:
                 await poller
             with contextlib.suppress(Exception):
                 self._update(await meter.snapshot.remote(), before)
+            with contextlib.suppress(Exception):
+                self.wide_capped = await meter.capped.remote()
 
     def _dataset(
         self,
@@ -181,6 +197,7 @@ class RayEngine:
                     "attempts": attempts,
                     "meter": meter,
                     "concurrency": per_worker,
+                    "prices": self.stats.prices,
                 },
             )
         return dataset
@@ -210,6 +227,7 @@ class RayEngine:
                 stats.failed = counted.failed
             stats.requests = counted.requests
             stats.tokens_in, stats.tokens_out = counted.tokens_in, counted.tokens_out
+            stats.tokens_cached = counted.tokens_cached
             stats.cost = counted.cost
 
 

@@ -18,6 +18,7 @@ import orjson
 import pyarrow as pa
 
 from glan.config import GenerateConfig
+from glan.costs.budget import Budget, CappedClient, CapReached
 from glan.costs.prices import PriceTable
 from glan.costs.progress import RunStats, StageStats
 from glan.engine.attempt import attempt
@@ -53,12 +54,18 @@ class Meter:
     to --rpm/--tpm) and the running totals the driver shows."""
 
     def __init__(
-        self, limits: Mapping[str, tuple[float | None, float | None]], prices: PriceTable
+        self,
+        limits: Mapping[str, tuple[float | None, float | None]],
+        prices: PriceTable,
+        cap: tuple[float, float] | None = None,
     ) -> None:
+        """``cap``: the run's --max-cost and what was spent before the wide stages started;
+        every worker's requests reserve against this one budget."""
         self.limits = dict(limits)
         self.limiters: dict[str, RateLimiter] = {}
         self.stats = RunStats(prices=prices)
         self.reason: tuple[str, str] | None = None
+        self.budget = None if cap is None else Budget(cap[0], spent=cap[1])
 
     def _limiter(self, model: str) -> RateLimiter:
         limiter = self.limiters.get(model)
@@ -79,16 +86,36 @@ class Meter:
         self._limiter(model).learn(headers)
 
     def finished(
-        self, stage: str, done: int, failed: int, usage: list[tuple[str, str, bool, int, int, int]]
+        self,
+        stage: str,
+        done: int,
+        failed: int,
+        usage: list[tuple[str, str, bool, int, int, int, int]],
     ) -> None:
         """A worker's batch: items done and failed, and the replies paid for on the way."""
         self.stats.stages[stage].done += done
         self.stats.stages[stage].failed += failed
-        for name, model, batch, calls, tokens_in, tokens_out in usage:
-            self.stats.add_usage(name, model, tokens_in, tokens_out, batch, calls)
+        for name, model, batch, calls, tokens_in, tokens_out, cached in usage:
+            self.stats.add_usage(name, model, tokens_in, tokens_out, batch, calls, cached)
 
     def snapshot(self) -> dict[str, StageStats]:
         return self.stats.stages
+
+    async def reserve_spend(self, amount: float) -> bool:
+        """Room for a request under the cap: False when it was refused (the run stops)."""
+        assert self.budget is not None
+        try:
+            await self.budget.reserve(amount)
+        except CapReached:
+            return False
+        return True
+
+    def settle_spend(self, reserved: float, actual: float) -> None:
+        assert self.budget is not None
+        self.budget.settle(reserved, actual)
+
+    def capped(self) -> bool:
+        return self.budget is not None and self.budget.exhausted
 
     def stopping(self, kind: str, message: str) -> None:
         """A worker stops the job with an error the user must fix (the first one is kept)."""
@@ -127,6 +154,28 @@ class SharedLimiter:
             self.meter.learn.remote(self.model, limits)
 
 
+class SharedBudget:
+    """A worker's stand-in for the meter's budget: every request of the job reserves its worst
+    case there, so the workers together keep to the run's --max-cost."""
+
+    def __init__(self, meter: Any) -> None:
+        self.meter = meter
+
+    async def reserve(self, amount: float) -> None:
+        if not await self.meter.reserve_spend.remote(amount):
+            raise CapReached("the next request would take the run past its cap")
+
+    def settle(self, reserved: float, actual: float) -> None:
+        self.meter.settle_spend.remote(reserved, actual)
+
+
+class _Capped:
+    """What ``StageWorker._one`` gives for an item its cap left for a later run."""
+
+
+CAPPED = _Capped()
+
+
 class _Usage:
     """Tokens by (stage, model, batch), gathered over a batch and sent to the meter in one go."""
 
@@ -134,16 +183,17 @@ class _Usage:
         self.counts: dict[tuple[str, str, bool], list[int]] = {}
 
     def record(self, stage: str, model: str, response: ChatResponse) -> None:
-        entry = self.counts.setdefault((stage, model, response.batch), [0, 0, 0])
+        entry = self.counts.setdefault((stage, model, response.batch), [0, 0, 0, 0])
         entry[0] += 1
         entry[1] += response.prompt_tokens
         entry[2] += response.completion_tokens
+        entry[3] += response.cached_tokens
 
-    def take(self) -> list[tuple[str, str, bool, int, int, int]]:
+    def take(self) -> list[tuple[str, str, bool, int, int, int, int]]:
         counts, self.counts = self.counts, {}
         return [
-            (stage, model, batch, calls, tokens_in, tokens_out)
-            for (stage, model, batch), (calls, tokens_in, tokens_out) in counts.items()
+            (stage, model, batch, calls, tokens_in, tokens_out, cached)
+            for (stage, model, batch), (calls, tokens_in, tokens_out, cached) in counts.items()
         ]
 
 
@@ -177,8 +227,12 @@ class StageWorker:
         attempts: Mapping[str, int],
         meter: Any,
         concurrency: int,
+        prices: PriceTable | None = None,
     ) -> None:
+        """``prices``: the run's price table, for the worst case of each request when the run
+        has a cap (``config.max_cost``)."""
         self.config = config.model_copy(update={"concurrency": concurrency})
+        self.prices = prices or PriceTable.load(config.prices)
         self.stage = Pipeline(config).stages[stage]
         self.schema = row_schema() if self.stage.output else ITEM_SCHEMA
         self.endpoint = (base_url, api_key)
@@ -191,6 +245,7 @@ class StageWorker:
         self.prompts = prompts_for(config.prompts_dir)
         self.journal = CallJournal(RunLocation.of(run), stored, config.ray.journal_seconds)
         self.client: OpenAIClient | None = None
+        self.asking: Any = None  # the client, within the cap when the run has one
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -202,6 +257,9 @@ class StageWorker:
                 limiter_for=self._limiter,
             )
             await self.client.__aenter__()
+            self.asking = self.client
+            if self.config.max_cost is not None:
+                self.asking = CappedClient(self.client, SharedBudget(self.meter), self.prices)
             self.journal.start()
         try:
             outputs = await asyncio.gather(
@@ -214,30 +272,35 @@ class StageWorker:
             if isinstance(error, FatalLLMError | RunFilesError):
                 await self.meter.stopping.remote(type(error).__name__, str(error))
             raise
-        rows = [row for output in outputs if output is not None for row in output]
+        rows = [row for output in outputs if isinstance(output, list) for row in output]
         failed = outputs.count(None)
+        capped = sum(1 for output in outputs if output is CAPPED)
         self.meter.finished.remote(
-            self.stage.name, len(outputs) - failed, failed, self.usage.take()
+            self.stage.name, len(outputs) - failed - capped, failed, self.usage.take()
         )
         return pa.Table.from_pylist(rows, schema=self.schema)
 
     def _limiter(self, model: str) -> SharedLimiter:
         return SharedLimiter(self.meter, model, self.limit_all or model in self.limited)
 
-    async def _one(self, text: str, parent_text: str) -> list[dict[str, Any]] | None:
-        """The rows this item hands on; None when it failed (recorded in the journal)."""
-        assert self.client is not None
+    async def _one(self, text: str, parent_text: str) -> list[dict[str, Any]] | _Capped | None:
+        """The rows this item hands on; None when it failed (recorded in the journal), CAPPED
+        when the run's cap left it for a later run (nothing recorded: it is asked then)."""
+        assert self.asking is not None
         node = load_node(text, self.attempts)
         teacher = StoredTeacher(
             self.journal,
-            self.client,
+            self.asking,
             self.usage,
             node,
             self.stage.name,
             self.config.repair_attempts,
             self.prompts,
         )
-        outcome = await attempt(self.stage, node, load_node(parent_text, {}), teacher)
+        try:
+            outcome = await attempt(self.stage, node, load_node(parent_text, {}), teacher)
+        except CapReached:
+            return CAPPED
         if outcome.error is not None:
             self.journal.fail(node, outcome.error)
             return None
