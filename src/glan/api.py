@@ -18,6 +18,7 @@ from glan.engine.local import Limits, LocalEngine
 from glan.engine.teacher import Client
 from glan.llm.batch.client import BatchClient
 from glan.llm.client import OpenAIClient
+from glan.llm.negotiation import stored_negotiator
 from glan.prompts import prompts_for
 from glan.publish.coverage import SubjectCoverage
 from glan.publish.coverage import coverage as subject_coverage
@@ -152,7 +153,11 @@ async def _generate_locally(
         except OSError as error:
             raise out_of_space(run_dir, OUTPUT_NAME, error, sent=False) from None
         budget = _budget(config, store.usage(), stats.prices)
-        client = OpenAIClient.for_settings(config, base_url, api_key, config.limits())
+        # the structured mode found by an earlier run on this endpoint is used without probing
+        negotiator = stored_negotiator(config.structured_output, base_url, store)
+        client = OpenAIClient.for_settings(
+            config, base_url, api_key, config.limits(), negotiator=negotiator
+        )
         # --batch: the wide stages go through the provider's batch API, the others stay online.
         batch = None
         if config.batch:
@@ -251,7 +256,11 @@ async def _generate_on_ray(
 
             usage = store.usage() + wide_usage(state.location)
             budget = _budget(config, usage, stats.prices)
-        async with OpenAIClient.for_settings(config, *endpoint, config.limits()) as client:
+        negotiator = stored_negotiator(config.structured_output, endpoint[0], store)
+        client = OpenAIClient.for_settings(
+            config, *endpoint, config.limits(), negotiator=negotiator
+        )
+        async with client:
             engine = RayEngine(
                 config,
                 store,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
 
 from glan.languages import language_name
+from glan.llm.negotiation import StructuredOutput
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -22,6 +24,13 @@ def resolve_endpoint(base_url: str | None, api_key: str | None) -> tuple[str, st
     """The teacher's URL and key: the options, else ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``."""
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        hint = f"http://{base_url}" if "://" not in base_url else "http://localhost:8000/v1"
+        raise ConfigError(
+            f"--base-url {base_url!r} is not an http:// or https:// URL (an OpenAI-compatible"
+            f" server's looks like {hint})"
+        )
     if not api_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
         raise ConfigError(
             "no API key: set OPENAI_API_KEY or pass --api-key (for a local server such as vLLM or"
@@ -96,7 +105,8 @@ class GenerateConfig(BaseModel):
     answer_model: str | None = None
     base_url: str | None = None
     api_key: str | None = Field(default=None, exclude=True, repr=False)
-    structured_output: Literal["auto", "response_format", "prompt"] = "auto"
+    # auto: found by trying (glan.llm.negotiation); or one of structured.MODES, forced
+    structured_output: StructuredOutput = "auto"
     send_seed: bool = True
     # what to generate
     taxonomy: AnyPath | None = None

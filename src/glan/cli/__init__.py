@@ -1,16 +1,19 @@
 """The ``glan`` command: the app, and its commands gathered from one module per group.
 
-``generate`` (generate, estimate), ``status``, ``curate``, ``publish`` (export, report),
-``train`` (train; GLAN-Test's eval will join it), ``taxonomy`` (a package: build, review, edit, show) and ``prompts``; the modules mirror the
-packages of ``glan`` they drive. What they share, above all the one way a
-command fails, is in ``common``.
+``generate`` (generate, estimate), ``check``, ``status``, ``judge``, ``curate``, ``publish``
+(export, report), ``evaluate`` (eval), ``train``, ``taxonomy`` (a package: build, review, edit,
+show) and ``prompts``; the modules mirror the packages of ``glan`` they drive. What they
+share, above all the one way a command fails, is in ``common``.
 """
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from glan.cli import (
+    check,
     curate,
     evaluate,
     generate,
@@ -36,6 +39,7 @@ app = typer.Typer(
 )
 for group in (
     generate,
+    check,
     status,
     judge,
     curate,
@@ -48,5 +52,26 @@ for group in (
     group.register(app)
 
 
+# Options whose value may be left out (``--local-model`` alone: the bundled model). typer's
+# parser has no optional values, so ``main`` gives such an option an empty one.
+OPTIONAL_VALUES = frozenset({"--local-model"})
+
+
+def with_optional_values(args: list[str]) -> list[str]:
+    """``args`` with ``""`` after each option of OPTIONAL_VALUES given without a value (last, or
+    followed by another option)."""
+    fixed: list[str] = []
+    for index, arg in enumerate(args):
+        fixed.append(arg)
+        if arg in OPTIONAL_VALUES:
+            following = args[index + 1] if index + 1 < len(args) else None
+            if following is None or (following.startswith("-") and following != "-"):
+                fixed.append("")
+        if arg == "--":
+            fixed.extend(args[index + 1 :])
+            break
+    return fixed
+
+
 def main() -> None:
-    app()
+    app(args=with_optional_values(sys.argv[1:]))

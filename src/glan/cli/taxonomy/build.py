@@ -43,6 +43,11 @@ BUILD_OPTIONS = [
         help="OpenAI-compatible endpoint. \\[default: $OPENAI_BASE_URL or OpenAI]",
     ),
     field_option(BuildConfig, "api_key", help="API key. \\[default: $OPENAI_API_KEY]"),
+    option(
+        "structured_output",
+        str | None,
+        help="How to ask for JSON: auto (found by trying), json_schema, json_object+schema, json+value or prompt. \\[default: auto]",
+    ),
     field_option(
         BuildConfig,
         "language",
@@ -58,6 +63,7 @@ BUILD_OPTIONS = [
         BuildConfig, "max_children", help="Children to ask for per node below the fields, at most."
     ),
     field_option(BuildConfig, "temperature", help="Sampling temperature."),
+    field_option(BuildConfig, "max_tokens", help="Most tokens of one reply."),
     field_option(BuildConfig, "seed", help="Seed sent with each request."),
     field_option(BuildConfig, "concurrency", help="Requests in flight."),
     field_option(

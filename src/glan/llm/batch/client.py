@@ -234,9 +234,11 @@ class BatchClient:
 
     def _line(self, request: ChatRequest) -> bytes:
         sent = request
-        if request.schema is not None and self.structured == "prompt":
+        # A batch API is OpenAI's (or Azure's): json_schema, or the schema in the prompt.
+        in_prompt = self.structured == "prompt"
+        if request.schema is not None and in_prompt:
             sent = schema_in_prompt(request)
-        return self.api.line(request.key, sent.body(response_format=self.structured != "prompt"))
+        return self.api.line(request.key, sent.body(response_format=not in_prompt))
 
     # -- queues and submission ----------------------------------------------------------------
 
