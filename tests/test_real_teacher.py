@@ -208,3 +208,28 @@ def test_ctrl_c_stops_the_local_server_with_the_run(tmp_path):
     assert "Run the same command to continue" in rest
     with pytest.raises(OSError):  # nothing listens there any more
         urllib.request.urlopen(url.group(1) + "/v1/models", timeout=5)
+
+
+def test_a_judge_run_scores_every_pair(llama, bundled_run, tmp_path):
+    """glan judge with the real model as judge: every pair gets a score on the rubric."""
+    _, finished, _ = bundled_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir, ignore=shutil.ignore_patterns("glan.lock", "*.reserve"))
+    config = tmp_path / "judge.yaml"
+    config.write_text(yaml.safe_dump({"stages": {"judge": {"max_tokens": 200}}}), "utf-8")
+    result = glan(
+        "judge", str(run_dir), "--base-url", llama.base_url, "--api-key", "none",
+        "--judge-model", BUNDLED_ALIAS, "--config", str(config), "--progress", "none",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_rows(run_dir)
+    with sqlite3.connect(f"file:{run_dir / 'glan.db'}?mode=ro", uri=True) as db:
+        verdicts = [
+            yaml.safe_load(r[0])
+            for r in db.execute(
+                "SELECT result FROM nodes WHERE kind = 'judgement' AND status = 'done'"
+            )
+        ]
+    assert len(verdicts) == len(rows) >= 1
+    assert all(1 <= v["overall"] <= 10 and isinstance(v["reason"], str) for v in verdicts)
+    assert "judged (mean score" in result.stdout

@@ -20,6 +20,7 @@ from glan.items import Item, NewItem
 from glan.llm.types import ChatRequest
 from glan.prompts import Prompts
 from glan.stages.base import FlatWorkflow, Teacher, user
+from glan.stages.judge import Score
 
 ORDERS = ("ab", "ba")
 
@@ -33,8 +34,8 @@ class Candidate:
 
 
 class Pairwise(BaseModel):
-    score_1: int = Field(ge=1, le=10, description="answer 1")
-    score_2: int = Field(ge=1, le=10, description="answer 2")
+    score_1: Score = Field(description="answer 1, from 1 to 10")
+    score_2: Score = Field(description="answer 2, from 1 to 10")
     reason: str = Field(description="one or two sentences")
 
 

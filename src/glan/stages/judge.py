@@ -7,7 +7,7 @@ and the answer is correct and complete. The judge sees the whole conversation (e
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -20,17 +20,22 @@ from glan.stages.base import Teacher, request_for, user
 CRITERIA = ("self_contained", "on_syllabus", "level", "correct", "complete")
 
 
+# A score as an enum, not an integer with bounds: the grammar-constrained modes (llama.cpp, TGI)
+# keep a small model to the enum, while they let any integer through a minimum and maximum.
+Score = Literal[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+
+
 def _score(description: str) -> Any:
-    return Field(ge=1, le=10, description=description)
+    return Field(description=f"{description}, from 1 (very poor) to 10 (excellent)")
 
 
 class Verdict(BaseModel):
-    self_contained: int = _score("the question can be answered as written")
-    on_syllabus: int = _score("it exercises the sampled class sessions and key concepts")
-    level: int = _score("it suits the subject's level")
-    correct: int = _score("the answer is correct")
-    complete: int = _score("the answer is complete and addresses the question")
-    overall: int = _score("how good the pair is as training material")
+    self_contained: Score = _score("the question can be answered as written")
+    on_syllabus: Score = _score("it exercises the sampled class sessions and key concepts")
+    level: Score = _score("it suits the subject's level")
+    correct: Score = _score("the answer is correct")
+    complete: Score = _score("the answer is complete and addresses the question")
+    overall: Score = _score("how good the pair is as training material")
     reason: str = Field(description="one or two sentences: the main weakness, or its strength")
 
 
