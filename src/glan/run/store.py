@@ -13,14 +13,13 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from glan.items import Item, NewItem
-from glan.llm.types import ChatRequest, ChatResponse
+from glan.run.calls import _RESCUE_CALL, Calls
+from glan.run.nodes import Nodes
+from glan.run.rows import Rows
 from glan.run.space import RESERVE_NAME, is_full
 
 DB_NAME = "glan.db"
@@ -91,7 +90,7 @@ class StoreWriteError(StoreError):
         self.cause = cause
 
 
-class Store:
+class Store(Calls, Nodes, Rows):
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
         self.readonly = readonly
@@ -360,267 +359,6 @@ class Store:
             (time.time(), json.dumps(config, default=str)),
         )
 
-    # -- calls --------------------------------------------------------------------------------
-
-    def cached_call(self, key: str) -> ChatResponse | None:
-        row = self.db.execute(
-            "SELECT text, finish_reason, prompt_tokens, completion_tokens, latency, model, batch,"
-            " cached_tokens FROM calls WHERE key = ?",
-            (key,),
-        ).fetchone()
-        if row is None:
-            return None
-        text, finish_reason, tokens_in, tokens_out, latency, model, batch, tokens_cached = row
-        return ChatResponse(
-            text,
-            finish_reason,
-            tokens_in,
-            tokens_out,
-            latency,
-            model,
-            bool(batch),
-            cached=True,
-            cached_tokens=tokens_cached,
-        )
-
-    def save_call(
-        self, request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
-    ) -> None:
-        values = tuple(call_record(request, response, node_id=node_id, stage=stage).values())
-        if self.failure is not None:  # a reply that came in after a failed write: kept
-            self.unsaved.append(values)
-            return
-        self._tx_calls.append(values)
-        self._write(_INSERT_CALL, values)
-
-    def usage(self) -> list[tuple[str, str, bool, int, int, int, int]]:
-        """(stage, model, batch, calls, tokens in, tokens out, cached tokens in) of every paid-for
-        reply."""
-        return [
-            (stage, model, bool(batch), calls, tokens_in or 0, tokens_out or 0, cached or 0)
-            for stage, model, batch, calls, tokens_in, tokens_out, cached in self.db.execute(
-                "SELECT stage, model, batch, COUNT(*), SUM(prompt_tokens), SUM(completion_tokens),"
-                " SUM(cached_tokens) FROM calls GROUP BY stage, model, batch"
-            )
-        ]
-
-    # -- nodes --------------------------------------------------------------------------------
-
-    def add_nodes(self, nodes: Iterable[NewItem]) -> int:
-        """Insert nodes that are not there yet; returns how many were new."""
-        added = 0
-        now = time.time()
-        for node in nodes:
-            cursor = self._write(
-                "INSERT OR IGNORE INTO nodes (id, kind, parent_id, root, seq, status, data, result,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    node.id,
-                    node.kind,
-                    node.parent_id,
-                    node.root,
-                    node.seq,
-                    node.status,
-                    _dumps(node.data),
-                    None if node.result is None else _dumps(node.result),
-                    now,
-                ),
-            )
-            added += cursor.rowcount
-        return added
-
-    def finish(self, node: Item, result: Any, *, output: bool = False) -> str:
-        """Mark a node done with its result (returned as stored, JSON); ``output`` rows get the
-        next place in the output."""
-        out_seq = None
-        if output:
-            out_seq = self._next_out_seq
-            self._next_out_seq += 1
-        text = _dumps(result)
-        self._write(
-            "UPDATE nodes SET status = 'done', result = ?, error = NULL, attempts = attempts + 1,"
-            " out_seq = ?, updated_at = ? WHERE id = ?",
-            (text, out_seq, time.time(), node.id),
-        )
-        return text
-
-    def fail(self, node: Item, error: str) -> None:
-        self._write(
-            "UPDATE nodes SET status = 'failed', error = ?, attempts = attempts + 1, updated_at = ?"
-            " WHERE id = ?",
-            (error, time.time(), node.id),
-        )
-
-    def retry_failed(self) -> int:
-        """Failed items go back to the queue: each run tries them again."""
-        return self._write(
-            "UPDATE nodes SET status = 'pending' WHERE status = 'failed'"
-            " AND root IN (SELECT id FROM active_roots)"
-        ).rowcount
-
-    def last_rowid(self) -> int:
-        return self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM nodes").fetchone()[0]
-
-    def get(self, node_id: str) -> Item | None:
-        row = self.db.execute(_NODE_SELECT + " WHERE id = ?", (node_id,)).fetchone()
-        return _node(row) if row else None
-
-    def children(self, parent_id: str, kind: str | None = None) -> list[Item]:
-        sql = _NODE_SELECT + " WHERE parent_id = ?"
-        params: tuple[Any, ...] = (parent_id,)
-        if kind is not None:
-            sql += " AND kind = ?"
-            params += (kind,)
-        return [_node(row) for row in self.db.execute(sql + " ORDER BY seq", params)]
-
-    def set_roots(self, roots: Iterable[str]) -> None:
-        """The disciplines this invocation works on; the others' pending items wait."""
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS active_roots (id TEXT PRIMARY KEY)")
-        self.db.execute("DELETE FROM active_roots")
-        self.db.executemany("INSERT OR IGNORE INTO active_roots VALUES (?)", ((r,) for r in roots))
-
-    def pending(self, kind: str, after_rowid: int, limit: int) -> list[tuple[int, Item]]:
-        """The next pending nodes of a kind, in insertion order: the store is the queue."""
-        rows = self.db.execute(
-            "SELECT rowid, " + _COLUMNS + " FROM nodes WHERE kind = ? AND status = 'pending'"
-            " AND rowid > ? AND root IN (SELECT id FROM active_roots) ORDER BY rowid LIMIT ?",
-            (kind, after_rowid, limit),
-        ).fetchall()
-        return [(row[0], _node(row[1:])) for row in rows]
-
-    def nodes(self, kind: str, status: str | None = None, page: int = 1000) -> Iterator[Item]:
-        """Every node of a kind, read a page at a time (safe to write to the store meanwhile)."""
-        sql = "SELECT rowid, " + _COLUMNS + " FROM nodes WHERE kind = ? AND rowid > ?"
-        if status is not None:
-            sql += " AND status = ?"
-        sql += " ORDER BY rowid LIMIT ?"
-        after = 0
-        while True:
-            params = (kind, after, status, page) if status is not None else (kind, after, page)
-            rows = self.db.execute(sql, params).fetchall()
-            for row in rows:
-                yield _node(row[1:])
-            if len(rows) < page:
-                return
-            after = rows[-1][0]
-
-    def counts(self, active_only: bool = False) -> dict[str, dict[str, int]]:
-        """{kind: {status: count}}, of the whole run or of the disciplines being worked on."""
-        where = " WHERE root IN (SELECT id FROM active_roots)" if active_only else ""
-        counts: dict[str, dict[str, int]] = {}
-        for kind, status, count in self.db.execute(
-            f"SELECT kind, status, COUNT(*) FROM nodes{where} GROUP BY kind, status"
-        ):
-            counts.setdefault(kind, {})[status] = count
-        return counts
-
-    def errors(self, limit: int = 10) -> list[tuple[str, str, str]]:
-        """(kind, id, error) of failed nodes, most recent first."""
-        return [(kind, node_id, error) for _, kind, node_id, error in self.failures(limit)]
-
-    def failures(self, limit: int = 10) -> list[tuple[float, str, str, str]]:
-        """(when, kind, id, error) of failed nodes, most recent first."""
-        return self.db.execute(
-            "SELECT updated_at, kind, id, error FROM nodes WHERE status = 'failed'"
-            " ORDER BY updated_at DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-
-    def outputs(self, after_seq: int = 0) -> Iterator[tuple[int, Any]]:
-        """Output rows (finished answers) in output order."""
-        for out_seq, result in self.db.execute(
-            "SELECT out_seq, result FROM nodes WHERE out_seq > ? ORDER BY out_seq", (after_seq,)
-        ):
-            yield out_seq, orjson.loads(result)
-
-    def last_out_seq(self) -> int:
-        return self.db.execute("SELECT COALESCE(MAX(out_seq), 0) FROM nodes").fetchone()[0]
-
-    # -- superseded rows (--turns raised on a run) ------------------------------------------
-
-    def start_superseding(self) -> None:
-        """From now on a new output row supersedes the output rows above it in the tree (see
-        ``supersede``): ``--turns`` was raised on a run that has rows."""
-        self.migrate(SUPERSEDED, _SUPERSEDED_MIGRATIONS)
-
-    def superseding(self) -> bool:
-        return self._has_table(SUPERSEDED)
-
-    def supersede(self, node_id: str) -> None:
-        """Record the output rows above ``node_id`` (just made an output row) as superseded.
-
-        Raising ``--turns`` makes a question's row so far (its answer, or the reply of the old
-        last turn) the start of a longer conversation, whose last reply becomes the question's
-        row. The earlier row stays in the store and in instructions.jsonl, which only grow;
-        readers of the dataset (curate, export, report, status) skip it. Recorded as the new
-        row is finished, in its transaction: a walk up its few ancestors."""
-        self._write(_SUPERSEDE, (node_id, node_id))
-
-    def superseded(self) -> bytearray | None:
-        """Superseded output rows as flags by out_seq; None when there are none."""
-        if not self.superseding():
-            return None
-        rows = self.db.execute(f"SELECT out_seq FROM {SUPERSEDED} ORDER BY out_seq").fetchall()
-        if not rows:
-            return None
-        flags = bytearray(rows[-1][0] + 1)  # a later row is none
-        for (out_seq,) in rows:
-            flags[out_seq] = 1
-        return flags
-
-    def row_count(self) -> int:
-        """Rows of the dataset: output rows less the superseded ones."""
-        (total,) = self.db.execute(
-            "SELECT COUNT(*) FROM nodes WHERE out_seq IS NOT NULL"
-        ).fetchone()
-        if self.superseding():
-            total -= self.db.execute(f"SELECT COUNT(*) FROM {SUPERSEDED}").fetchone()[0]
-        return int(total)
-
-    def _has_table(self, name: str) -> bool:
-        found = self.db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        return found is not None
-
-    def questions_by_id(self, through: int) -> Iterator[tuple[int, str, str]]:
-        """(out_seq, id, question) of every output row up to ``through``, by id.
-
-        ``+out_seq`` keeps SQLite from using the out_seq index (and then sorting a million rows
-        by id): it walks the primary-key index instead, in order, a page at a time.
-        """
-        yield from self.db.execute(
-            "SELECT out_seq, id, COALESCE(json_extract(result, '$.messages[0].content'), '')"
-            " FROM nodes WHERE +out_seq IS NOT NULL AND +out_seq <= ? ORDER BY id",
-            (through,),
-        )
-
-    def question(self, column: str, value: Any) -> str:
-        """The question of the output row whose ``column`` (id or out_seq) is ``value``."""
-        assert column in ("id", "out_seq")
-        row = self.db.execute(
-            f"SELECT json_extract(result, '$.messages[0].content') FROM nodes WHERE {column} = ?",
-            (value,),
-        ).fetchone()
-        return str(row[0] or "") if row else ""
-
-    def output_id(self, out_seq: int) -> str | None:
-        row = self.db.execute("SELECT id FROM nodes WHERE out_seq = ?", (out_seq,)).fetchone()
-        return row[0] if row else None
-
-    def out_seq_of(self, node_id: str) -> int | None:
-        row = self.db.execute("SELECT out_seq FROM nodes WHERE id = ?", (node_id,)).fetchone()
-        return row[0] if row else None
-
-    def rows_by_root(self) -> dict[str, int]:
-        """Rows per discipline (root id), less superseded ones."""
-        where = "out_seq IS NOT NULL"
-        if self.superseding():
-            where += f" AND out_seq NOT IN (SELECT out_seq FROM {SUPERSEDED})"
-        return dict(
-            self.db.execute(f"SELECT root, COUNT(*) FROM nodes WHERE {where} GROUP BY root")
-        )
-
 
 _STALE_READONLY = (
     "{path} was written by an older glan and its {what} must be upgraded, which this read-only"
@@ -653,76 +391,6 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     return db
 
 
-def call_record(
-    request: ChatRequest, response: ChatResponse, *, node_id: str, stage: str
-) -> dict[str, Any]:
-    """A paid-for reply as it is kept: a row of ``calls`` here, of a Ray run's calls/ parts."""
-    return {
-        "key": request.key,
-        "node_id": node_id,
-        "stage": stage,
-        "model": request.model,
-        "request": request.packed(),
-        "text": response.text,
-        "finish_reason": response.finish_reason,
-        "prompt_tokens": response.prompt_tokens,
-        "completion_tokens": response.completion_tokens,
-        "latency": response.latency,
-        "batch": response.batch,
-        "created_at": time.time(),
-        "cached_tokens": response.cached_tokens,
-    }
-
-
-SUPERSEDED = "superseded_rows"  # a component of its own (``Store.migrate``): raised runs only
-_SUPERSEDED_MIGRATIONS = [
-    f"""
-    CREATE TABLE {SUPERSEDED} (
-        out_seq INTEGER PRIMARY KEY,  -- the superseded row
-        by_id TEXT NOT NULL  -- the row that supersedes it
-    );
-    """
-]
-# The output rows among a node's ancestors, up to its root (a conversation row at turn 3: six
-# ancestors), each step a primary-key lookup.
-_SUPERSEDE = f"""
-INSERT OR IGNORE INTO {SUPERSEDED} (out_seq, by_id)
-SELECT out_seq, ?2 FROM nodes WHERE out_seq IS NOT NULL AND id IN (
-    WITH RECURSIVE up(id) AS (
-        SELECT parent_id FROM nodes WHERE id = ?1
-        UNION ALL
-        SELECT n.parent_id FROM up JOIN nodes n ON n.id = up.id WHERE n.parent_id IS NOT NULL
-    )
-    SELECT id FROM up
-)
-"""
-
-_CALL_COLUMNS = (
-    "key, node_id, stage, model, request, text, finish_reason, prompt_tokens,"
-    " completion_tokens, latency, batch, created_at, cached_tokens"
-)
-_INSERT_CALL = f"INSERT OR REPLACE INTO calls ({_CALL_COLUMNS}) VALUES ({', '.join('?' * 13)})"
-_RESCUE_CALL = _INSERT_CALL.replace("OR REPLACE", "OR IGNORE")
-_COLUMNS = "id, kind, parent_id, root, seq, data, status, result, error, attempts"
-_NODE_SELECT = f"SELECT {_COLUMNS} FROM nodes"
-
-
-def _node(row: tuple[Any, ...]) -> Item:
-    node_id, kind, parent_id, root, seq, data, status, result, error, attempts = row
-    return Item(
-        id=node_id,
-        kind=kind,
-        parent_id=parent_id,
-        root=root,
-        seq=seq,
-        data=orjson.loads(data),
-        status=status,
-        result=None if result is None else orjson.loads(result),
-        error=error,
-        attempts=attempts,
-    )
-
-
 def _statements(script: str) -> list[str]:
     """Split a script into statements the way sqlite does (a ';' in a comment or string is no
     end), so each runs inside the migration's own transaction."""
@@ -741,7 +409,3 @@ def _statements(script: str) -> list[str]:
 
 def _only_comments(sql: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") for line in sql.splitlines())
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()

@@ -23,7 +23,7 @@ from glan.run.parts import (
     call_schema,
     failure_schema,
 )
-from glan.run.store import call_record
+from glan.run.calls import call_record
 
 
 class CallJournal:
