@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from glan.items import Item
 from glan.llm.types import ChatRequest, ChatResponse
+from glan.run.calls import call_record
 from glan.run.parts import (
     CALLS,
     FAILED,
@@ -23,7 +24,6 @@ from glan.run.parts import (
     call_schema,
     failure_schema,
 )
-from glan.run.calls import call_record
 
 
 class CallJournal:
