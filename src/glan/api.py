@@ -11,6 +11,12 @@ from typing import Any
 
 from glan.config import ConfigError, GenerateConfig, resolve_endpoint
 from glan.costs.budget import Budget, CappedClient, require_prices
+from glan.costs.confirm import (
+    NotConfirmed,
+    needs_confirming,
+    plan_cost,
+    record_confirmation,
+)
 from glan.costs.estimate import WIDE_STAGES, StageEstimate, estimate
 from glan.costs.prices import PriceTable, StageSpend, Usage, spend_by_stage, total_spent
 from glan.costs.progress import LABELS, TURN_STAGES, ProgressMode, RunStats, display_for
@@ -27,7 +33,7 @@ from glan.run import Run, is_run, open_run
 from glan.run.batches import SqliteBatchRecords
 from glan.run.jsonl import OUTPUT_NAME, JsonlOutput, OutputWriteError
 from glan.run.lock import run_lock
-from glan.run.parts import RunFilesError, StateDir
+from glan.run.parts import StateDir
 from glan.run.space import RESERVE_NAME, OutOfSpace, is_full, out_of_space, reserve_size
 from glan.run.store import DB_NAME, TURNS_META, Store, StoreError, StoreWriteError
 from glan.stages.pipeline import Pipeline
@@ -110,8 +116,8 @@ async def agenerate(
     base_url, api_key = resolve_endpoint(config.base_url, config.api_key)
     taxonomy = _taxonomy(config)
     disciplines = taxonomy.select(config.disciplines)
-    planned = _plan_cost(config, disciplines)
-    unconfirmed = _confirmation_needed(config, out, disciplines, planned)
+    planned = plan_cost(config, disciplines)
+    unconfirmed = needs_confirming(config, out, disciplines, planned)
     if unconfirmed is not None and not confirmed:
         raise NotConfirmed(
             f"{unconfirmed}: confirm it (glan generate --yes; generate(..., confirmed=True)) or"
@@ -119,7 +125,7 @@ async def agenerate(
         )
     with run_lock(StateDir(str(out)).path, "generate"):  # one writer per run directory
         if unconfirmed is not None:  # confirmed: a rerun of this plan does not ask again
-            _record_confirmation(out, planned)
+            record_confirmation(out, planned)
         if config.engine == "ray":
             result = await _generate_on_ray(
                 config, str(out), taxonomy, disciplines, (base_url, api_key), progress
@@ -329,19 +335,6 @@ def _capped_status(result: RunStatus, config: GenerateConfig, capped: bool) -> R
     return result
 
 
-# -- what a run asks before it starts -----------------------------------------------------------
-
-# A run with no cap asks to be confirmed when its plan is estimated above this (USD); when a model
-# is missing from the price table (no estimate), when it plans more than this many calls.
-CONFIRM_ABOVE = 10.0
-CONFIRM_ABOVE_CALLS = 20_000
-CONFIRMED_META = "confirmed_plan"  # glan.db meta: the plan a user confirmed for this run
-
-
-class NotConfirmed(ConfigError):
-    """A big run with no cap was not confirmed; nothing was sent."""
-
-
 def confirmation_needed(config: GenerateConfig, out: str | Path) -> str | None:
     """Why a run of ``config`` into ``out`` should be confirmed before it starts, or None.
 
@@ -351,72 +344,7 @@ def confirmation_needed(config: GenerateConfig, out: str | Path) -> str | None:
     is 418,320 calls, $178 at gpt-4o-mini's prices); unless this run directory already confirmed
     a plan at least as big, so a resumed run does not ask twice."""
     disciplines = _taxonomy(config).select(config.disciplines)
-    return _confirmation_needed(config, out, disciplines, _plan_cost(config, disciplines))
-
-
-def _plan_cost(config: GenerateConfig, disciplines: list[Discipline]) -> tuple[float | None, int]:
-    """(USD, None when a model has no price; calls) of a run's plan."""
-    plan = estimate(config, disciplines, PriceTable.load(config.prices))
-    costs = [s.batch_cost if config.batch else s.cost for s in plan]
-    usd = None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
-    return usd, sum(s.calls for s in plan)
-
-
-def _confirmation_needed(
-    config: GenerateConfig,
-    out: str | Path,
-    disciplines: list[Discipline],
-    planned: tuple[float | None, int],
-) -> str | None:
-    cost, calls = planned
-    if config.max_cost is not None:
-        return None
-    if cost is not None and cost <= CONFIRM_ABOVE:
-        return None
-    if cost is None and calls <= CONFIRM_ABOVE_CALLS:
-        return None
-    confirmed = _confirmed_plan(out)
-    if confirmed is not None and calls <= confirmed.get("calls", 0):
-        earlier = confirmed.get("cost")
-        if cost is None or (earlier is not None and cost <= earlier * 1.001 + 0.005):
-            return None
-    count = plural_disciplines(len(disciplines))
-    what = f"the whole taxonomy ({count})" if config.disciplines is None else count
-    if cost is not None:
-        return f"this run asks for {what}, estimated at ${cost:,.2f}, and has no --max-cost"
-    return (
-        f"this run asks for {what}, {calls:,} calls to a model missing from the price table (so"
-        " at a cost glan cannot estimate; price it with --prices FILE, at 0 if it is"
-        " self-hosted), and has no --max-cost"
-    )
-
-
-def plural_disciplines(count: int) -> str:
-    return f"{count:,} discipline{'' if count == 1 else 's'}"
-
-
-def _confirmed_plan(out: str | Path) -> dict[str, Any] | None:
-    """The plan a user confirmed for this run directory, if any (read without writing)."""
-    if not is_run(out):
-        return None
-    try:
-        store = Store.open(StateDir(str(out)).path, readonly=True)
-    except (StoreError, RunFilesError):
-        return None  # e.g. a run of an older glan, whose store is upgraded when it runs
-    try:
-        value = store.get_meta(CONFIRMED_META)
-    finally:
-        store.close()
-    return value if isinstance(value, dict) else None
-
-
-def _record_confirmation(out: str | Path, planned: tuple[float | None, int]) -> None:
-    cost, calls = planned
-    store = Store.open(StateDir(str(out)).path)
-    try:
-        store.set_meta(CONFIRMED_META, {"cost": cost, "calls": calls})
-    finally:
-        store.close()
+    return needs_confirming(config, out, disciplines, plan_cost(config, disciplines))
 
 
 def plan(config: GenerateConfig) -> list[StageEstimate]:
