@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import cli_env, read_rows
+from conftest import cli_env, read_rows, run_cli
 from glan.llm.local_server import BUNDLED_ALIAS
 from glan.llm.negotiation import MODES_META
 from glan.llm.types import unpack_request
@@ -51,14 +51,8 @@ STRUCTURED_WORDS = ("response_format", "json_schema", "structured output", "lite
 
 
 def glan(*args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "glan", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(),
-        stdin=subprocess.DEVNULL,
-    )
+    """The CLI, with the time a 135M model on two busy cores needs."""
+    return run_cli(*args, timeout=timeout)
 
 
 def meta(run_dir: Path, key: str) -> Any:
