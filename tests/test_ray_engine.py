@@ -295,6 +295,8 @@ def test_the_workers_keep_to_the_runs_cost_cap(cluster, tmp_path, teacher, make_
     )
     assert capped.capped and 0 < capped.cost <= cap
     assert capped.failed == 0 and 0 < capped.rows < 20
+    # every question asked kept room for its answer: the cap paid for no orphaned question
+    assert capped.stages["answer"].done == capped.stages["question"].done == capped.rows
     assert capped.stages["syllabus"].done == 4  # the narrow stages fit: the wide ones were cut
 
     resumed = api.generate(

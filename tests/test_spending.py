@@ -18,7 +18,11 @@ from glan import api
 from glan.config import GenerateConfig
 from glan.costs.budget import UNBOUNDED_REPLY, Budget, CapReached, worst_case
 from glan.costs.prices import Price, PriceTable
+from glan.engine.ray.driver import answer_hold
+from glan.engine.ray.workers import Meter
+from glan.items import Item
 from glan.llm.types import ChatRequest
+from glan.stages.pipeline import Pipeline
 from inprocess import run_glan
 from test_cli import generate_args
 
@@ -190,6 +194,31 @@ async def test_the_budget_waits_for_room_then_refuses():
     with pytest.raises(CapReached):
         await refused
     assert budget.exhausted and budget.spent == pytest.approx(0.6)
+
+
+async def test_on_ray_a_question_is_asked_only_while_its_answer_fits_too():
+    """The question and answer pools spend one budget at once: without room held for its
+    answer, questions alone could spend the cap and leave not one pair."""
+    meter = Meter({}, PriceTable(models={}), cap=(1.0, 0.0), answer_hold=0.3)
+    assert await meter.reserve_spend(0.2, "question")  # 0.2 in flight, 0.3 held
+    meter.settle_spend(0.2, 0.1)
+    assert await meter.reserve_spend(0.2, "question")  # 0.1 + 0.3 + 0.2 + 0.3 fits in 1.0
+    meter.settle_spend(0.2, 0.1)
+    assert not await meter.reserve_spend(0.2, "question")  # 0.2 + 0.6 + 0.2 + 0.3 does not
+    assert meter.capped()
+    for _ in range(2):  # yet both answers are asked: each takes its question's hold
+        assert await meter.reserve_spend(0.3, "answer")
+        meter.settle_spend(0.3, 0.2)
+    assert meter.budget is not None and meter.budget.spent == pytest.approx(0.6)
+
+
+def test_the_answer_hold_covers_the_answer_to_the_longest_question(make_config):
+    config = make_config(stages={"question": {"max_tokens": 100}, "answer": {"max_tokens": 50}})
+    table = PriceTable(models={"teacher-small": Price(input=1.0, output=10.0)})
+    stage = Pipeline(config).stages["answer"]
+    question = Item("q", "question", None, "", 0, {}, result={"question": "word " * 70})
+    request = stage.request(Item("a", "answer", "q", "", 0, {}), question)
+    assert 0 < worst_case(table, request) <= answer_hold(config, table)
 
 
 def test_the_worst_case_of_a_request_is_its_prompt_and_max_tokens():

@@ -37,17 +37,20 @@ class Budget:
         self.cap = cap
         self.spent = spent  # USD: the run directory's spend before this run, and this run's
         self.reserved = 0.0  # USD: the worst case of the requests in flight
+        self.held = 0.0  # USD: room promised to requests that will follow those already sent
         self.in_flight = 0
         self.waiting = 0  # requests waiting for room under the cap
         self.exhausted = False  # a request was refused: the run stops starting new work
         self._changed: asyncio.Event | None = None
 
     def fits(self, amount: float) -> bool:
-        return self.spent + self.reserved + amount <= self.cap * (1 + 1e-12)
+        return self.spent + self.reserved + self.held + amount <= self.cap * (1 + 1e-12)
 
-    async def reserve(self, amount: float) -> None:
-        """Set ``amount`` aside for a request, once it fits; CapReached when it cannot."""
-        while not self.fits(amount):
+    async def reserve(self, amount: float, hold: float = 0.0) -> None:
+        """Set ``amount`` aside for a request, once it fits; CapReached when it cannot.
+        ``hold``: room kept, beyond the request, for the one that must follow it (until
+        ``release``), so the cap never pays for work whose sequel it cannot afford."""
+        while not self.fits(amount + hold):
             if self.in_flight == 0:
                 self.exhausted = True
                 raise CapReached(
@@ -63,7 +66,12 @@ class Budget:
             finally:
                 self.waiting -= 1
         self.reserved += amount
+        self.held += hold
         self.in_flight += 1
+
+    def release(self, hold: float) -> None:
+        """The request a hold was kept for is about to reserve its own room."""
+        self.held = max(0.0, self.held - hold)
 
     def settle(self, reserved: float, actual: float) -> None:
         """A request came back and cost ``actual`` (0 when it failed)."""

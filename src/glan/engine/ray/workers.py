@@ -58,14 +58,18 @@ class Meter:
         limits: Mapping[str, tuple[float | None, float | None]],
         prices: PriceTable,
         cap: tuple[float, float] | None = None,
+        answer_hold: float = 0.0,
     ) -> None:
         """``cap``: the run's --max-cost and what was spent before the wide stages started;
-        every worker's requests reserve against this one budget."""
+        every worker's requests reserve against this one budget. ``answer_hold``: the most an
+        answer can cost, kept free from when its question is asked until the answer is: the two
+        pools run at once, and questions alone could otherwise spend the cap and leave no pair."""
         self.limits = dict(limits)
         self.limiters: dict[str, RateLimiter] = {}
         self.stats = RunStats(prices=prices)
         self.reason: tuple[str, str] | None = None
         self.budget = None if cap is None else Budget(cap[0], spent=cap[1])
+        self.answer_hold = answer_hold
 
     def _limiter(self, model: str) -> RateLimiter:
         limiter = self.limiters.get(model)
@@ -101,11 +105,18 @@ class Meter:
     def snapshot(self) -> dict[str, StageStats]:
         return self.stats.stages
 
-    async def reserve_spend(self, amount: float) -> bool:
-        """Room for a request under the cap: False when it was refused (the run stops)."""
+    async def reserve_spend(self, amount: float, stage: str) -> bool:
+        """Room for a request of ``stage`` under the cap: False when it was refused (the run
+        stops). A retried answer releases a second hold, and a question that fails for good
+        keeps its own: either can stop the run a little early, never past the cap."""
         assert self.budget is not None
+        hold = 0.0
+        if stage == "question":
+            hold = self.answer_hold
+        elif stage == "answer":
+            self.budget.release(self.answer_hold)
         try:
-            await self.budget.reserve(amount)
+            await self.budget.reserve(amount, hold)
         except CapReached:
             return False
         return True
@@ -158,11 +169,12 @@ class SharedBudget:
     """A worker's stand-in for the meter's budget: every request of the job reserves its worst
     case there, so the workers together keep to the run's --max-cost."""
 
-    def __init__(self, meter: Any) -> None:
+    def __init__(self, meter: Any, stage: str) -> None:
         self.meter = meter
+        self.stage = stage
 
     async def reserve(self, amount: float) -> None:
-        if not await self.meter.reserve_spend.remote(amount):
+        if not await self.meter.reserve_spend.remote(amount, self.stage):
             raise CapReached("the next request would take the run past its cap")
 
     def settle(self, reserved: float, actual: float) -> None:
@@ -259,7 +271,9 @@ class StageWorker:
             await self.client.__aenter__()
             self.asking = self.client
             if self.config.max_cost is not None:
-                self.asking = CappedClient(self.client, SharedBudget(self.meter), self.prices)
+                self.asking = CappedClient(
+                    self.client, SharedBudget(self.meter, self.stage.name), self.prices
+                )
             self.journal.start()
         try:
             outputs = await asyncio.gather(
