@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import legacy_curation as legacy
-from glan.curation import CurateConfig, curate, runner
+from glan.curation import CurateConfig, CurationError, curate, runner
 from glan.curation import filters as fast
 from glan.curation.decontaminate import load_benchmarks
-from glan.curation.dedup import NearDuplicates
+from glan.curation.dedup import NearDuplicates, lsh_params, minhash_permutations
 from glan.curation.language import prose
 from glan.curation.text import normalise, words
 from glan.testing.fake_teacher import _prose, _sentence
@@ -187,6 +187,28 @@ def test_minhash_band_keys_are_datasketchs():
             assert probe.bands == expected.bands
             assert np.array_equal(probe.shingles, expected.shingles)
             assert probe.shingles.dtype == expected.shingles.dtype
+
+
+def test_lsh_bands_and_permutations_are_datasketchs():
+    """Chosen without importing datasketch (and scipy), the same as datasketch chooses."""
+    datasketch = pytest.importorskip("datasketch")
+    rng = random.Random(9)
+    configs = [(t / 100, n) for t in range(50, 100, 5) for n in (16, 64, 128)]
+    configs += [(round(rng.uniform(0.05, 0.99), 3), rng.randint(16, 200)) for _ in range(8)]
+    configs += [(0.8, 256), (0.9, 512), (0.1, 16)]
+    for threshold, num_perm in configs:
+        lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
+        assert lsh_params(threshold, num_perm) == (lsh.b, lsh.r), (threshold, num_perm)
+    for num_perm in (16, 128, 1024):
+        a, b = minhash_permutations(num_perm, 1)
+        expected = datasketch.MinHash(num_perm=num_perm, seed=1).permutations
+        assert a.dtype == b.dtype == np.uint32
+        assert np.array_equal(a, expected[0]) and np.array_equal(b, expected[1])
+
+
+def test_too_few_bands_is_a_curation_error():
+    with pytest.raises(CurationError, match="fewer than 2 LSH bands"):
+        NearDuplicates(threshold=1.0, shingle=5, num_perm=16, text_of=str)
 
 
 def planted_rows(count: int) -> list[dict[str, Any]]:

@@ -5,14 +5,17 @@ a duplicate when it matches one that was offered earlier *and kept*, so the firs
 the one that stays.
 
 Exact duplicates compare normalised text (case, width, punctuation and spacing ignored).
-Near duplicates are found with MinHash LSH: datasketch computes each question's MinHash over
-character shingles and picks the bands (b x r) for the Jaccard threshold; a candidate that shares a
-band is then checked against its real shingle Jaccard, so only pairs at or above the threshold are
-removed (LSH decides what is compared, never what is removed).
+Near duplicates are found with MinHash LSH: each question's MinHash over character shingles,
+cut into the bands (b x r) chosen for the Jaccard threshold; a candidate that shares a band is then
+checked against its real shingle Jaccard, so only pairs at or above the threshold are removed (LSH
+decides what is compared, never what is removed).
 
 Signatures are computed here with numpy, many questions at a time (``probe_many``): the same
 values as datasketch's affine32 scheme (MurmurHash3's finalizer, then ``a * h + b`` modulo 2^32,
-then the minimum per permutation), bit for bit, without a Python call per question.
+then the minimum per permutation), bit for bit, without a Python call per question. The
+permutations and the bands are datasketch's too (``minhash_permutations``, ``lsh_params``: the same
+draws and the same choice, computed without importing datasketch, which costs a second for scipy;
+a test compares them with datasketch's).
 
 Memory: datasketch's own in-memory LSH keeps a Python set per bucket, about 3.5 KB per row with 9
 bands (measured: 770 MB for 200k rows), which is gigabytes at a million rows. The bucket index
@@ -23,13 +26,14 @@ is read back from SQLite only to check its Jaccard.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from glan.curation.errors import require
+from glan.curation.errors import CurationError, require
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +49,8 @@ _RATIO = 4  # a run is merged into the one before it while that one is at most 4
 _MAX_CANDIDATES = 32
 # Texts whose shingles and signatures are computed together (numpy over all of them).
 _BATCH_DOCS = 256
+# (false positive, false negative) weights of the LSH bands' choice: see NearDuplicates
+LSH_WEIGHTS = (0.1, 0.9)
 
 
 class HashIndex:
@@ -203,18 +209,20 @@ class NearDuplicates:
     """
 
     def __init__(self, *, threshold: float, shingle: int, num_perm: int, text_of: TextOf) -> None:
-        datasketch = require("datasketch", "curate")
         self.threshold = threshold
         self.shingle = shingle
         self._text_of = text_of
         # Every candidate is verified, so a false positive costs one lookup while a false negative
         # is a duplicate kept: weight misses 9:1 (128 perms at 0.8: 14 bands of 9 rows, which
         # finds a pair at Jaccard 0.85 97% of the time; the balanced 9 x 13 finds it 69%).
-        lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
-        self.bands, self.rows = int(lsh.b), int(lsh.r)
-        permutations = datasketch.MinHash(num_perm=num_perm, seed=_SEED).permutations
+        self.bands, self.rows = lsh_params(threshold, num_perm, LSH_WEIGHTS)
+        if self.bands < 2:
+            raise CurationError(
+                f"--near-dup-threshold {threshold} with --num-perm {num_perm} leaves fewer than"
+                " 2 LSH bands; lower the threshold or raise --num-perm"
+            )
         np = self._np = _numpy()
-        self._perm_a, self._perm_b = (np.asarray(p, dtype=np.uint32) for p in permutations)
+        self._perm_a, self._perm_b = minhash_permutations(num_perm, _SEED)
         rng = np.random.default_rng(_SEED)
         # random odd 64-bit multipliers: multilinear hashing of shingles and of bands
         self._shingle_mix = rng.integers(1, 2**63, size=shingle, dtype=np.uint64) * 2 + 1
@@ -334,6 +342,55 @@ class NearDuplicates:
 
     def end_prefetch(self) -> None:
         self._index.end_prefetch()
+
+
+def minhash_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutations (``MinHash(num_perm, seed).permutations``): odd
+    multipliers ``a`` and offsets ``b``, drawn from numpy's legacy RandomState in its order."""
+    np = _numpy()
+    draw = np.random.RandomState(seed)
+    a = draw.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = draw.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+@functools.lru_cache(maxsize=16)
+def lsh_params(
+    threshold: float, num_perm: int, weights: tuple[float, float] = LSH_WEIGHTS
+) -> tuple[int, int]:
+    """The bands and rows datasketch's ``MinHashLSH(threshold, num_perm, weights)`` chooses: of
+    every b x r <= num_perm, the first (by b, then r) with the least weighted sum of the chances
+    of a false positive (a pair below the threshold shares a band) and a false negative.
+
+    datasketch integrates those chances with scipy's ``quad``; they are polynomials in the
+    Jaccard similarity s (``1 - (1 - s^r)^b``), integrated here by Gauss-Legendre rules on 64
+    pieces of each interval, to within rounding: the same choice wherever two candidates do not
+    tie to within the integrals' error (a test checks a grid of thresholds and sizes).
+    """
+    np = _numpy()
+    below, below_w = _quadrature(0.0, threshold)
+    above, above_w = _quadrature(threshold, 1.0)
+    false_positive_weight, false_negative_weight = weights
+    best, chosen = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        r = np.arange(1, num_perm // b + 1, dtype=np.float64)[:, None]
+        false_positive = (1 - (1 - below**r) ** b) @ below_w
+        false_negative = ((1 - above**r) ** b) @ above_w
+        errors = false_positive * false_positive_weight + false_negative * false_negative_weight
+        i = int(np.argmin(errors))  # the first of equal ones, as datasketch's strict "<"
+        if errors[i] < best:
+            best, chosen = float(errors[i]), (b, i + 1)
+    return chosen
+
+
+def _quadrature(start: float, end: float, pieces: int = 64, order: int = 16) -> tuple[Any, Any]:
+    """Nodes and weights of a composite Gauss-Legendre rule on [start, end]."""
+    np = _numpy()
+    x, w = np.polynomial.legendre.leggauss(order)
+    edges = np.linspace(start, end, pieces + 1)
+    half = (edges[1:] - edges[:-1]) / 2
+    middle = (edges[1:] + edges[:-1]) / 2
+    return (middle[:, None] + half[:, None] * x).ravel(), (half[:, None] * w).ravel()
 
 
 def _fmix32(np: Any, h: np.ndarray) -> np.ndarray:
