@@ -78,7 +78,9 @@ def corpus(seed: int, count: int) -> list[tuple[str, str, dict[str, Any]]]:
             share = rng.choice((0.2, 0.45, 0.5, 0.55, 0.9, 1.0))
             question += " " + answer[: int(len(answer) * share)]
         elif draw < 0.25:
-            question += rng.choice(("\nAnswer: 42", "\n**Final answer**: x", " \\boxed{3}"))
+            question += rng.choice(
+                ("\nAnswer: 42", "\n**Final answer**: x", " \\boxed{3}", " \\BOXED{7}", "\n정답：5")
+            )
         elif draw < 0.4:
             answer = rng.choice(list(SAMPLES.values()) + HARD) + " " + answer[: rng.randint(0, 300)]
         elif draw < 0.5:  # code, formulas, links, numbers
@@ -317,3 +319,4 @@ def test_hash_index_lookups_made_ahead_see_what_is_added_after(monkeypatch):
             expected.setdefault(key, []).append(value)
     index.end_prefetch()
     assert index.get_many(keys) == [expected.get(key, []) for key in keys]
+
