@@ -320,3 +320,30 @@ def test_hash_index_lookups_made_ahead_see_what_is_added_after(monkeypatch):
     index.end_prefetch()
     assert index.get_many(keys) == [expected.get(key, []) for key in keys]
 
+
+@pytest.mark.parametrize("bits", [22, 3])
+def test_rows_sharing_a_key_are_found_a_part_at_a_time(monkeypatch, bits):
+    from glan.curation import dedup as dedup_module
+
+    monkeypatch.setattr(dedup_module, "_SORT_BITS", bits)  # 3: many parts of 8 keys
+    rng = np.random.default_rng(3)
+    rows = 300
+    pool = rng.integers(0, 2**64 - 1, size=250, dtype=np.uint64, endpoint=True)
+    columns = []
+    for _ in range(4):
+        owners = np.sort(rng.choice(rows, size=200, replace=False))
+        columns.append((rng.choice(pool, size=owners.size), owners))
+    found = dedup_module._sharing(np, columns, rows)
+    expected = np.zeros(rows, dtype=bool)
+    entries = [
+        (int(value), int(owner))
+        for values, owners in columns
+        for value, owner in zip(values, owners, strict=True)
+    ]
+    counts: dict[int, int] = {}
+    for value, _ in entries:
+        counts[value] = counts.get(value, 0) + 1
+    for value, owner in entries:
+        expected[owner] |= counts[value] > 1
+    assert found.tolist() == expected.tolist()
+    assert 0 < found.sum() < rows

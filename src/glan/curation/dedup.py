@@ -49,6 +49,8 @@ _RATIO = 4  # a run is merged into the one before it while that one is at most 4
 _MAX_CANDIDATES = 32
 # Texts whose shingles and signatures are computed together (numpy over all of them).
 _BATCH_DOCS = 256
+# Keys sorted at once when finding those that repeat: 2^22 (with their rows, 64 MB)
+_SORT_BITS = 22
 # (false positive, false negative) weights of the LSH bands' choice: see NearDuplicates
 LSH_WEIGHTS = (0.1, 0.9)
 
@@ -208,14 +210,23 @@ class NearDuplicates:
     written without spaces have no words to shingle.
     """
 
-    def __init__(self, *, threshold: float, shingle: int, num_perm: int, text_of: TextOf) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: float,
+        shingle: int,
+        num_perm: int,
+        text_of: TextOf,
+        params: tuple[int, int] | None = None,
+    ) -> None:
         self.threshold = threshold
         self.shingle = shingle
         self._text_of = text_of
         # Every candidate is verified, so a false positive costs one lookup while a false negative
         # is a duplicate kept: weight misses 9:1 (128 perms at 0.8: 14 bands of 9 rows, which
         # finds a pair at Jaccard 0.85 97% of the time; the balanced 9 x 13 finds it 69%).
-        self.bands, self.rows = lsh_params(threshold, num_perm, LSH_WEIGHTS)
+        # ``params``: the (bands, rows) lsh_params gave, passed on to worker processes.
+        self.bands, self.rows = params or lsh_params(threshold, num_perm, LSH_WEIGHTS)
         if self.bands < 2:
             raise CurationError(
                 f"--near-dup-threshold {threshold} with --num-perm {num_perm} leaves fewer than"
@@ -242,19 +253,38 @@ class NearDuplicates:
         return probes
 
     def _probe_batch(self, texts: list[str]) -> list[Probe]:
-        np = self._np
         shingles = self.shingles_many(texts)
-        probes = [Probe(s, []) for s in shingles]
-        full = [i for i, s in enumerate(shingles) if s.size]
-        if not full:
-            return probes
-        signatures = self._signatures([shingles[i] for i in full])
-        used = signatures[:, : self.bands * self.rows].astype(np.uint64)
-        keys = (used.reshape(len(full), self.bands, self.rows) * self._band_mix).sum(axis=2)
-        keys += self._band_salt
-        for i, bands in zip(full, keys.tolist(), strict=True):
-            probes[i] = Probe(shingles[i], bands)
-        return probes
+        keys, banded = self._band_keys(shingles)
+        return [
+            Probe(s, bands if has else [])
+            for s, bands, has in zip(shingles, keys.tolist(), banded.tolist(), strict=True)
+        ]
+
+    def band_keys(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The LSH band keys of many normalised texts, (texts, bands) uint64, and whether each
+        text has any (an empty text has no shingles, so no bands: its row of keys is 0)."""
+        np = self._np
+        keys = np.zeros((len(texts), self.bands), dtype=np.uint64)
+        banded = np.zeros(len(texts), dtype=bool)
+        for start in range(0, len(texts), _BATCH_DOCS):
+            end = start + _BATCH_DOCS
+            keys[start:end], banded[start:end] = self._band_keys(
+                self.shingles_many(texts[start:end])
+            )
+        return keys, banded
+
+    def _band_keys(self, shingles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        np = self._np
+        keys = np.zeros((len(shingles), self.bands), dtype=np.uint64)
+        banded = np.fromiter((s.size > 0 for s in shingles), dtype=bool, count=len(shingles))
+        full = np.flatnonzero(banded)
+        if full.size:
+            signatures = self._signatures([shingles[i] for i in full.tolist()])
+            used = signatures[:, : self.bands * self.rows].astype(np.uint64)
+            found = (used.reshape(full.size, self.bands, self.rows) * self._band_mix).sum(axis=2)
+            found += self._band_salt
+            keys[full] = found
+        return keys, banded
 
     def _signatures(self, docs: list[np.ndarray]) -> np.ndarray:
         """datasketch's affine32 MinHash signature of each (non-empty) set of 32-bit hashes.
@@ -342,6 +372,149 @@ class NearDuplicates:
 
     def end_prefetch(self) -> None:
         self._index.end_prefetch()
+
+
+@dataclass(frozen=True)
+class DedupKeys:
+    """What dedup needs of a batch of questions, computed where they are screened (in worker
+    processes): each normalised question's digest (exact dedup) and LSH band keys (near)."""
+
+    digests: np.ndarray  # (n,) uint64
+    bands: np.ndarray  # (n, bands) uint64; (n, 0) without near dedup
+    banded: np.ndarray  # (n,) bool: False for a question without shingles (an empty one)
+
+    def __len__(self) -> int:
+        return int(self.digests.size)
+
+    def take(self, positions: list[int]) -> DedupKeys:
+        """The keys of these rows of the batch."""
+        return DedupKeys(self.digests[positions], self.bands[positions], self.banded[positions])
+
+
+def dedup_keys(texts: list[str], near: NearDuplicates | None) -> DedupKeys:
+    """The ``DedupKeys`` of normalised questions."""
+    np = _numpy()
+    digests = np.fromiter((_digest(text) for text in texts), dtype=np.uint64, count=len(texts))
+    if near is None:
+        return DedupKeys(digests, np.zeros((len(texts), 0), np.uint64), np.zeros(len(texts), bool))
+    return DedupKeys(digests, *near.band_keys(texts))
+
+
+Verdict = tuple[str, dict[str, Any]]
+
+
+class Deduper:
+    """Exact, then near dedup of the rows that passed screening: a row is a duplicate of the
+    most similar kept row before it in id order, and is kept (and compared with later rows)
+    otherwise.
+
+    Rows arrive in any order, with their ``DedupKeys`` (``add``), and are kept by row number at
+    136 bytes a row (digest, 14 band keys, a state byte). ``colliding`` then picks, with a few
+    sorts, the rows that share a digest or a band key with another: every other row has no
+    candidate to compare with and nothing will ever compare with it, so it is kept, and leaving
+    it out changes nothing for the rest. Only the colliding rows are judged one by one in id
+    order (``judge_many``), with the keys the workers computed: the verdicts, candidates and
+    their order are those of judging every row in id order.
+    """
+
+    def __init__(self, rows: int, near: NearDuplicates | None, text_of: TextOf) -> None:
+        np = self._np = _numpy()
+        self.near = near
+        self.exact = ExactDuplicates(text_of)
+        bands = near.bands if near is not None else 0
+        self._digests = np.zeros(rows + 1, dtype=np.uint64)  # by row number (seq)
+        self._bands = np.zeros((rows + 1, bands), dtype=np.uint64)
+        self._state = np.zeros(rows + 1, dtype=np.uint8)  # 0: absent, 1: present, 2: banded too
+
+    def add(self, seqs: list[int], keys: DedupKeys) -> None:
+        """Offer these rows (their numbers and keys) to dedup."""
+        np = self._np
+        at = np.asarray(seqs, dtype=np.int64)
+        self._digests[at] = keys.digests
+        self._bands[at] = keys.bands
+        self._state[at] = 1 + keys.banded
+
+    def colliding(self) -> np.ndarray:
+        """The numbers of the rows that share a digest or a band key with another row, in order."""
+        np = self._np
+        present = np.flatnonzero(self._state)
+        banded = np.flatnonzero(self._state == 2)
+        columns = [(self._digests[present], present)]
+        columns += [(self._bands[banded, band], banded) for band in range(self._bands.shape[1])]
+        return np.flatnonzero(_sharing(np, columns, self._state.size))
+
+    def keys_of(self, seqs: list[int]) -> list[list[int]]:
+        """The band keys of these rows, as ``Probe.bands`` has them ([] for none)."""
+        np = self._np
+        at = np.asarray(seqs, dtype=np.int64)
+        banded = (self._state[at] == 2).tolist()
+        keys = self._bands[at].tolist()
+        return [bands if has else [] for bands, has in zip(keys, banded, strict=True)]
+
+    def judge_many(self, rows: list[tuple[int, str]]) -> list[Verdict | None]:
+        """Why each of these rows (number, normalised question; next in id order) duplicates a
+        kept one, or None (then it is kept, and later rows are compared with it)."""
+        seqs = [seq for seq, _ in rows]
+        texts = [text for _, text in rows]
+        probes: list[Probe | None] = [None] * len(rows)
+        if self.near is not None:
+            shingles = self.near.shingles_many(texts)
+            probes = [
+                Probe(s, bands) for s, bands in zip(shingles, self.keys_of(seqs), strict=True)
+            ]
+            self.near.prefetch([p for p in probes if p is not None])
+        self.exact.prefetch(texts)
+        try:
+            return [
+                self._judge(seq, text, probe)
+                for seq, text, probe in zip(seqs, texts, probes, strict=True)
+            ]
+        finally:
+            if self.near is not None:
+                self.near.end_prefetch()
+            self.exact.end_prefetch()
+
+    def _judge(self, seq: int, text: str, probe: Probe | None) -> Verdict | None:
+        original = self.exact.match(text)
+        if original is not None:
+            return "exact_duplicate", {"duplicate_of": original}
+        if self.near is not None and probe is not None:
+            similar = self.near.match(probe)
+            if similar is not None:
+                return "near_duplicate", {
+                    "duplicate_of": similar.key,
+                    "jaccard": round(similar.jaccard, 3),
+                }
+            self.near.add(probe, seq)
+        self.exact.add(text, seq)
+        return None
+
+
+def _sharing(np: Any, columns: list[tuple[Any, Any]], rows: int) -> Any:
+    """For each row, whether one of its values (``columns``: values and the row each belongs to)
+    equals another value of any column. Sorted a part at a time (by the values' top bits), so
+    the extra memory stays near 4M entries whatever the number of rows."""
+    total = sum(values.size for values, _ in columns)
+    found = np.zeros(rows, dtype=bool)
+    bits = max(0, (total - 1).bit_length() - _SORT_BITS)
+    for part in range(1 << bits):
+        values, owners = [], []
+        for column, owner in columns:
+            if bits:
+                chosen = np.flatnonzero((column >> np.uint64(64 - bits)) == part)
+                column, owner = column[chosen], owner[chosen]
+            values.append(column)
+            owners.append(owner)
+        value = np.concatenate(values)
+        owner = np.concatenate(owners)
+        order = np.argsort(value, kind="stable")
+        value = value[order]
+        same = value[1:] == value[:-1]
+        shared = np.zeros(value.size, dtype=bool)
+        shared[1:] |= same
+        shared[:-1] |= same
+        found[owner[order[shared]]] = True
+    return found
 
 
 def minhash_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

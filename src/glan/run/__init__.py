@@ -8,7 +8,7 @@ export and report use only this face and never ask which kind they hold.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,6 +58,14 @@ class Run(Protocol):
         ...
 
     def row_id(self, seq: int) -> str | None: ...
+
+    def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        """{seq: id} of these rows (those that exist), looked up together."""
+        ...
+
+    def questions_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        """{seq: question} of these rows (those that exist; "" for a row without one)."""
+        ...
 
     def question_of(self, row_id: str) -> str:
         """The question of the row with this id ("" when there is none)."""

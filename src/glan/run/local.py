@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,12 @@ class LocalRun:
 
     def row_id(self, seq: int) -> str | None:
         return self.store.output_id(seq)
+
+    def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        return self.store.outputs_at(seqs)
+
+    def questions_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        return self.store.outputs_at(seqs, questions=True)
 
     def question_of(self, row_id: str) -> str:
         return self.store.question("id", row_id)

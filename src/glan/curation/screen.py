@@ -1,0 +1,130 @@
+"""Screening: each pair judged on its own merits (decontamination, then the quality filters), and
+the keys dedup will need of its question, in worker processes or in the main one.
+
+This module is what a screening worker imports, so it imports only the checks: no pydantic
+config, no run directory, no engine (``glan`` and ``glan.curation`` import their names when
+first used). A worker's settings arrive as the config's plain dict.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from glan.curation.decontaminate import BenchmarkIndex, load_benchmarks
+from glan.curation.dedup import DedupKeys, NearDuplicates, dedup_keys
+from glan.curation.filters import (
+    AnswerLeak,
+    Filter,
+    Pair,
+    Refusal,
+    TooShort,
+    Truncated,
+    WrongLanguage,
+)
+from glan.curation.text import normalise
+
+if TYPE_CHECKING:
+    from glan.curation.runner import CurateConfig
+
+Found = dict[str, Any]
+Verdict = tuple[int, str, Found]  # (position in the chunk, reason, what was found)
+# What a chunk holds of each row: question, answer, the meta the filters read, and the text dedup
+# compares (the first message's, which is the question in every row glan writes)
+Item = tuple[str, str, dict[str, Any], str]
+
+
+class Screened(NamedTuple):
+    verdicts: list[Verdict]  # the pairs of the chunk that go, and why
+    keys: DedupKeys | None  # of the other pairs, in chunk order (None: no dedup)
+
+
+class Screener:
+    """Judges a pair on its own merits: decontamination, then the quality filters; and computes
+    the dedup keys of those that stay."""
+
+    def __init__(
+        self, config: CurateConfig | SimpleNamespace, lsh: tuple[int, int] | None = None
+    ) -> None:
+        self.benchmarks: BenchmarkIndex | None = None
+        if config.benchmarks:  # first: a bad benchmark file fails before the slower set-up
+            self.benchmarks = load_benchmarks(
+                config.benchmarks, config.benchmark_fields, config.ngram, config.min_benchmark_words
+            )
+        self.filters = build_filters(config)
+        self.dedup = bool(config.dedup)
+        self.near: NearDuplicates | None = None
+        if config.dedup and config.near_dup:
+            self.near = NearDuplicates(
+                threshold=config.near_dup_threshold,
+                shingle=config.shingle,
+                num_perm=config.num_perm,
+                text_of=_no_texts,
+                params=lsh,
+            )
+
+    @property
+    def lsh(self) -> tuple[int, int] | None:
+        """The LSH (bands, rows), for workers to use without choosing them again."""
+        return (self.near.bands, self.near.rows) if self.near is not None else None
+
+    def screen(self, question: str, answer: str, meta: dict[str, Any]) -> tuple[str, Found] | None:
+        return self._screen(Pair(question, answer, meta))
+
+    def _screen(self, pair: Pair) -> tuple[str, Found] | None:
+        if self.benchmarks is not None:
+            leak = self.benchmarks.match_words(pair.question_words)
+            if leak is not None:
+                return "decontaminated", leak.as_dict()
+        for check in self.filters:
+            found = check.judge(pair)
+            if found is not None:
+                return check.reason, found
+        return None
+
+    def screen_chunk(self, chunk: list[Item]) -> Screened:
+        """The verdicts on a chunk's pairs, and the dedup keys of the pairs that stay."""
+        verdicts: list[Verdict] = []
+        texts: list[str] = []
+        for i, (question, answer, meta, text) in enumerate(chunk):
+            pair = Pair(question, answer, meta)
+            verdict = self._screen(pair)
+            if verdict is not None:
+                verdicts.append((i, *verdict))
+            elif self.dedup:
+                # the question's words are often read already (decontamination, the leak check)
+                texts.append(" ".join(pair.question_words) if text is question else normalise(text))
+        return Screened(verdicts, dedup_keys(texts, self.near) if self.dedup else None)
+
+
+def build_filters(config: CurateConfig | SimpleNamespace) -> list[Filter]:
+    filters: list[Filter] = [TooShort(config.min_question_chars, config.min_answer_chars)]
+    if config.drop_truncated:
+        filters.append(Truncated())
+    if config.drop_refusals:
+        filters.append(Refusal(config.refusal_patterns))
+    if config.drop_leaks:
+        filters.append(AnswerLeak(config.leak_overlap))
+    if (config.language or "").casefold() not in ("any", "none", "off"):
+        filters.append(WrongLanguage(config.language, config.language_confidence))
+    return filters
+
+
+def _no_texts(seq: int) -> str:
+    raise AssertionError("screening computes keys; it never compares texts")
+
+
+# -- in a worker process -------------------------------------------------------------------------
+
+_worker: Screener | None = None
+
+
+def start_worker(config: dict[str, Any], lsh: tuple[int, int] | None) -> None:
+    """A pool's initializer: the worker's Screener, from the config as a plain dict."""
+    global _worker
+    _worker = Screener(SimpleNamespace(**config), lsh)
+
+
+def screen_in_worker(chunk: list[Item]) -> Screened:
+    assert _worker is not None
+    return _worker.screen_chunk(chunk)
