@@ -42,13 +42,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from glan.curation.decontaminate import DEFAULT_FIELDS
 from glan.curation.dedup import Deduper, NearDuplicates
 from glan.curation.errors import CurationError
-from glan.curation.screen import Item, Screened, Screener, screen_in_worker, start_worker
+from glan.curation.screen import (
+    Rows,
+    Screened,
+    Screener,
+    Task,
+    row_item,
+    screen_in_worker,
+    start_worker,
+)
 from glan.curation.text import normalise
 from glan.run import Run, is_run, open_run
 from glan.run.curation import CurationLog, CurationRun
 from glan.run.lock import run_lock
 from glan.run.parts import StateDir
-from glan.run.store import DB_NAME
+from glan.run.store import DB_NAME, OutputReader
 from glan.stages.review import Review, reviews
 
 # Every reason a pair can be removed for, in the order they are tried.
@@ -69,8 +77,6 @@ _CHUNK = 512  # rows a worker screens at a time
 _IN_FLIGHT = 3  # chunks per worker queued or being screened: memory stays bounded
 _POOL_MIN_ROWS = 20_000  # below this, starting worker processes costs more than they save
 _DEDUP_BATCH = 1024  # questions whose MinHashes are computed together
-# What the filters read of a row's meta (the rest of it is not sent to the workers).
-_SCREEN_META = ("truncated", "language")
 
 Progress = Callable[[int, int], None]  # (pairs seen, pairs removed)
 
@@ -251,41 +257,62 @@ def workers(config: CurateConfig) -> int:
 
 def screen(
     run: Run, through: int, config: CurateConfig, screener: Screener, tally: _Tally
-) -> Iterator[tuple[list[tuple[int, str]], Screened]]:
+) -> Iterator[tuple[Rows, Screened]]:
     """(seq and id of each row, what screening found) of every chunk of rows up to ``through``,
-    in output order; in a pool of worker processes when there are enough rows and cores."""
-    chunks = _batches(_screen_items(run, through, tally), _CHUNK)
-    count = workers(config)
-    if count <= 1 or through < _POOL_MIN_ROWS:
-        for chunk in chunks:
-            yield [item[:2] for item in chunk], screener.screen_chunk([item[2:] for item in chunk])
-        return
+    in output order; in a pool of worker processes when there are enough rows and cores.
+
+    The workers read their chunks' rows themselves when the run lets another process read rows
+    by number (a local run's store), so this process neither parses nor sends them.
+    """
+    reader = run.reader()
+    tasks: Iterable[Task]
+    if reader is not None:
+        starts = range(1, through + 1, _CHUNK)
+        tasks = ((first, min(first + _CHUNK - 1, through)) for first in starts)
+    else:
+        tasks = _batches(_row_items(run, through), _CHUNK)
+    try:
+        count = workers(config)
+        if count <= 1 or through < _POOL_MIN_ROWS:
+            for task in tasks:
+                yield tally.saw(screener.screen_task(task, reader))
+            return
+        yield from _screen_in_pool(tasks, count, config, screener, reader, tally)
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _screen_in_pool(
+    tasks: Iterable[Task],
+    count: int,
+    config: CurateConfig,
+    screener: Screener,
+    reader: OutputReader | None,
+    tally: _Tally,
+) -> Iterator[tuple[Rows, Screened]]:
     context = multiprocessing.get_context("spawn")  # no fork of a process with open files
     pool = ProcessPoolExecutor(
         count,
         mp_context=context,
         initializer=start_worker,
-        initargs=(config.model_dump(mode="json"), screener.lsh),
+        initargs=(config.model_dump(mode="json"), screener.lsh, reader),
     )
-    pending: deque[tuple[list[tuple[int, str]], Future[Screened]]] = deque()
+    pending: deque[Future[tuple[Rows, Screened]]] = deque()
     try:
-        for chunk in chunks:
-            keys = [item[:2] for item in chunk]
-            items: list[Item] = [item[2:] for item in chunk]
-            del chunk
-            if len(pending) >= _IN_FLIGHT * count and not pending[0][1].done():
+        for task in tasks:
+            if len(pending) >= _IN_FLIGHT * count and not pending[0].done():
                 # rather than wait (the workers are starting, or busy): screen it here
-                done: Future[Screened] = Future()
-                done.set_result(screener.screen_chunk(items))
-                pending.append((keys, done))
+                done: Future[tuple[Rows, Screened]] = Future()
+                done.set_result(screener.screen_task(task, reader))
+                pending.append(done)
             else:
-                pending.append((keys, pool.submit(screen_in_worker, items)))
-            while pending and (len(pending) > _IN_FLIGHT * count or pending[0][1].done()):
-                keys, future = pending.popleft()
-                yield keys, future.result()
+                pending.append(pool.submit(screen_in_worker, task))
+            del task
+            while pending and (len(pending) > _IN_FLIGHT * count or pending[0].done()):
+                yield tally.saw(pending.popleft().result())
         while pending:
-            keys, future = pending.popleft()
-            yield keys, future.result()
+            yield tally.saw(pending.popleft().result())
     except BrokenProcessPool:
         raise CurationError(
             "the screening workers stopped; a script that calls curate() needs"
@@ -296,32 +323,12 @@ def screen(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _screen_items(
-    run: Run, through: int, tally: _Tally
-) -> Iterator[tuple[int, str, str, str, dict[str, Any], str]]:
-    """(seq, id, question, answer, meta the filters read, text dedup compares) of each row up to
-    ``through``."""
+def _row_items(run: Run, through: int) -> Iterator[tuple[Any, ...]]:
+    """(seq, id, *Item) of each row up to ``through``, read here."""
     for seq, row in run.rows():
         if seq > through:
             break
-        tally.see()
-        question, answer = _pair(row)
-        meta = row.get("meta") or {}
-        yield (
-            seq,
-            row["id"],
-            question,
-            answer,
-            {k: meta[k] for k in _SCREEN_META if k in meta},
-            _first_content(row),
-        )
-
-
-def _first_content(row: dict[str, Any]) -> str:
-    """The first message's text: what the run's index of questions holds (questions_at)."""
-    messages = row.get("messages") or []
-    content = messages[0].get("content") if messages else None
-    return content if isinstance(content, str) else ""
+        yield row_item(seq, row)
 
 
 def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -353,25 +360,17 @@ class _Tally:
         self.counts[reason] += 1
         log.remove(run_id, row_id, seq, reason, matched)
 
-    def see(self) -> None:
-        self.seen += 1
-        if self.seen % _PROGRESS_EVERY == 0:
+    def saw(self, chunk: tuple[Rows, Screened]) -> tuple[Rows, Screened]:
+        """Count a chunk's rows as seen (and report progress every ``_PROGRESS_EVERY``)."""
+        before = self.seen
+        self.seen += len(chunk[0])
+        if self.seen // _PROGRESS_EVERY > before // _PROGRESS_EVERY:
             self.report()
+        return chunk
 
     def report(self) -> None:
         if self.progress is not None:
             self.progress(self.seen, self.removed)
-
-
-def _pair(row: dict[str, Any]) -> tuple[str, str]:
-    question = answer = ""
-    for message in row.get("messages") or []:
-        content = message.get("content") or ""
-        if message.get("role") == "user" and not question:
-            question = content
-        elif message.get("role") == "assistant" and not answer:
-            answer = content
-    return question, answer
 
 
 def _reviews(run: Run, config: CurateConfig) -> dict[str, Review]:

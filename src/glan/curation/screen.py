@@ -9,7 +9,7 @@ first used). A worker's settings arrive as the config's plain dict.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from glan.curation.decontaminate import BenchmarkIndex, load_benchmarks
 from glan.curation.dedup import DedupKeys, NearDuplicates, dedup_keys
@@ -32,11 +32,21 @@ Verdict = tuple[int, str, Found]  # (position in the chunk, reason, what was fou
 # What a chunk holds of each row: question, answer, the meta the filters read, and the text dedup
 # compares (the first message's, which is the question in every row glan writes)
 Item = tuple[str, str, dict[str, Any], str]
+# What the filters read of a row's meta (the rest of it is not sent to the workers).
+_SCREEN_META = ("truncated", "language")
+# A chunk of rows to screen: the numbers of the first and last (a worker reads them itself), or
+# the rows as (seq, id, *Item) when only the main process can read them
+Task = tuple[int, int] | list[tuple[Any, ...]]
+Rows = list[tuple[int, str]]  # (seq, id) of each row of a chunk
 
 
 class Screened(NamedTuple):
     verdicts: list[Verdict]  # the pairs of the chunk that go, and why
     keys: DedupKeys | None  # of the other pairs, in chunk order (None: no dedup)
+
+
+class RowReader(Protocol):
+    def rows(self, first: int, last: int) -> list[tuple[int, Any]]: ...
 
 
 class Screener:
@@ -96,6 +106,46 @@ class Screener:
                 texts.append(" ".join(pair.question_words) if text is question else normalise(text))
         return Screened(verdicts, dedup_keys(texts, self.near) if self.dedup else None)
 
+    def screen_task(self, task: Task, reader: RowReader | None) -> tuple[Rows, Screened]:
+        """The rows of a chunk (seq, id) and what screening found of them."""
+        if isinstance(task, tuple):
+            assert reader is not None
+            task = [row_item(seq, row) for seq, row in reader.rows(*task)]
+        return [item[:2] for item in task], self.screen_chunk([item[2:] for item in task])
+
+
+def row_item(seq: int, row: dict[str, Any]) -> tuple[Any, ...]:
+    """(seq, id, *Item) of a row: what screening reads of it."""
+    question, answer = pair_of(row)
+    meta = row.get("meta") or {}
+    return (
+        seq,
+        row["id"],
+        question,
+        answer,
+        {k: meta[k] for k in _SCREEN_META if k in meta},
+        _first_content(row),
+    )
+
+
+def pair_of(row: dict[str, Any]) -> tuple[str, str]:
+    """A row's question and answer: its first user and first assistant message."""
+    question = answer = ""
+    for message in row.get("messages") or []:
+        content = message.get("content") or ""
+        if message.get("role") == "user" and not question:
+            question = content
+        elif message.get("role") == "assistant" and not answer:
+            answer = content
+    return question, answer
+
+
+def _first_content(row: dict[str, Any]) -> str:
+    """The first message's text: what the run's index of questions holds (questions_at)."""
+    messages = row.get("messages") or []
+    content = messages[0].get("content") if messages else None
+    return content if isinstance(content, str) else ""
+
 
 def build_filters(config: CurateConfig | SimpleNamespace) -> list[Filter]:
     filters: list[Filter] = [TooShort(config.min_question_chars, config.min_answer_chars)]
@@ -117,14 +167,19 @@ def _no_texts(seq: int) -> str:
 # -- in a worker process -------------------------------------------------------------------------
 
 _worker: Screener | None = None
+_reader: RowReader | None = None
 
 
-def start_worker(config: dict[str, Any], lsh: tuple[int, int] | None) -> None:
-    """A pool's initializer: the worker's Screener, from the config as a plain dict."""
-    global _worker
+def start_worker(
+    config: dict[str, Any], lsh: tuple[int, int] | None, reader: RowReader | None
+) -> None:
+    """A pool's initializer: the worker's Screener, from the config as a plain dict, and what it
+    reads rows with."""
+    global _worker, _reader
     _worker = Screener(SimpleNamespace(**config), lsh)
+    _reader = reader
 
 
-def screen_in_worker(chunk: list[Item]) -> Screened:
+def screen_in_worker(task: Task) -> tuple[Rows, Screened]:
     assert _worker is not None
-    return _worker.screen_chunk(chunk)
+    return _worker.screen_task(task, _reader)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from glan.run.parts import RunFilesError, StateDir
-from glan.run.store import DB_NAME, Store, StoreError
+from glan.run.store import DB_NAME, OutputReader, Store, StoreError
 
 ENGINE_META = "engine"  # glan.db meta key: "ray" for a Ray run
 
@@ -58,6 +58,11 @@ class Run(Protocol):
         ...
 
     def row_id(self, seq: int) -> str | None: ...
+
+    def reader(self) -> OutputReader | None:
+        """Rows by number for another process to read on its own (``rows(first, last)``), or
+        None when only ``rows`` reads them."""
+        ...
 
     def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
         """{seq: id} of these rows (those that exist), looked up together."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from glan.run.jsonl import OUTPUT_NAME
-from glan.run.store import Store
+from glan.run.store import OutputReader, Store
 
 
 class LocalRun:
@@ -39,6 +39,9 @@ class LocalRun:
 
     def row_id(self, seq: int) -> str | None:
         return self.store.output_id(seq)
+
+    def reader(self) -> OutputReader:
+        return OutputReader(self.store.path)
 
     def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
         return self.store.outputs_at(seqs)

@@ -94,6 +94,9 @@ class RayRun:
     def row_id(self, seq: int) -> str | None:
         return self.index.row_id(seq)
 
+    def reader(self) -> None:
+        return None  # rows are found part by part, through the index: rows() reads them
+
     def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
         return self.index.at(seqs, "id")
 

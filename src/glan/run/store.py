@@ -470,6 +470,40 @@ class Store:
         )
 
 
+class OutputReader:
+    """Output rows by number, for another process to read on its own (a curation worker): it
+    pickles as the store's path, and opens a read-only connection where it is first used."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._db = None
+
+    def rows(self, first: int, last: int) -> list[tuple[int, Any]]:
+        """(out_seq, row) of the output rows numbered ``first`` to ``last``, in order."""
+        if self._db is None:
+            self._db = _open_readonly(self.path)
+            self._db.execute("PRAGMA busy_timeout=10000")
+        return [
+            (out_seq, orjson.loads(result))
+            for out_seq, result in self._db.execute(
+                "SELECT out_seq, result FROM nodes WHERE out_seq BETWEEN ? AND ? ORDER BY out_seq",
+                (first, last),
+            )
+        ]
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 _STALE_READONLY = (
     "{path} was written by an older glan and its {what} must be upgraded, which this read-only"
     " open cannot do; run any glan command that writes to it (glan generate) once, or copy the run"
