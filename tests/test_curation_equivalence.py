@@ -101,10 +101,15 @@ def test_text_clean_up_is_unchanged():
     alphabet = "abc XYZ_-!?.,'\t\n\u00a0\u3000가나 日本 ﬁ ＡＢ ½ ² e\u0301 İ ß Σ ٣ ๓"
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(3000)]
     texts += [q + "\n" + a for q, a, _ in corpus(3, 200)]
+    texts += ["a" * 30 + " \n\t" * 20 + "b" * 40, "x " * 60, "y" * 90]
     for text in texts:
         assert words(text) == legacy.words(text)
         assert normalise(text) == legacy.normalise(text)
-        assert prose(text) == legacy.prose(text)
+        whole = legacy.prose(text)
+        assert prose(text) == whole
+        for limit in (1, 10, 40, 2000):  # a beginning of the prose, at least limit long
+            head = prose(text, limit)
+            assert whole.startswith(head) and len(head) >= min(limit, len(whole)), (text, limit)
 
 
 def test_each_filter_gives_the_verdicts_it_gave():

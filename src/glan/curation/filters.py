@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from glan.curation.errors import CurationError
-from glan.curation.language import FastPass, LanguageDetector, prose
+from glan.curation.language import SAMPLE_CHARS, FastPass, LanguageDetector, prose
 from glan.curation.text import ngram_set, words
 from glan.languages import language_code
 
@@ -42,11 +42,13 @@ class Pair:
 
     @cached_property
     def question_prose(self) -> str:
-        return prose(self.question)
+        """The beginning of the question's prose that language identification reads."""
+        return prose(self.question, SAMPLE_CHARS)
 
     @cached_property
     def answer_prose(self) -> str:
-        return prose(self.answer)
+        """The beginning of the answer's prose that language identification reads."""
+        return prose(self.answer, SAMPLE_CHARS)
 
 
 class Filter(Protocol):
@@ -273,6 +275,8 @@ class WrongLanguage(_Check):
         self.detector = LanguageDetector()
         self.fast = FastPass()
         self.confidence = confidence
+        if min_chars > SAMPLE_CHARS:  # Pair reads only the beginning of the prose
+            raise ValueError(f"min_chars is at most {SAMPLE_CHARS}")
         self.min_chars = min_chars
         self.fixed = None if language is None else self._code(language, "--language")
         self._codes: dict[str | None, str] = {}
