@@ -352,3 +352,35 @@ def test_rows_sharing_a_key_are_found_a_part_at_a_time(monkeypatch, bits):
         expected[owner] |= counts[value] > 1
     assert found.tolist() == expected.tolist()
     assert 0 < found.sum() < rows
+
+
+def test_py3langids_model_from_glans_cache_is_py3langids(tmp_path, monkeypatch):
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from glan.curation import language
+
+    monkeypatch.setenv("GLAN_CACHE", str(tmp_path / "cache"))
+    expected = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+    def not_this_way(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("py3langid's own loading was used")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LanguageIdentifier, "from_model_file", not_this_way)
+        made = language.load_identifier()  # unpacks the model and caches it
+        cached = list((tmp_path / "cache").glob("py3langid-model-*.npz.lz4"))
+        assert len(cached) == 1
+        again = language.load_identifier()  # from the cache
+    texts = [*SAMPLES.values(), *HARD, _prose(random.Random(1))]
+    for found in (made, again):
+        assert type(found) is LanguageIdentifier
+        for name in ("nb_ptc", "nb_pc"):
+            same = getattr(found, name) == getattr(expected, name)
+            assert same.all() and getattr(found, name).dtype == getattr(expected, name).dtype
+        for name in ("nb_classes", "tk_nextmove", "tk_row", "tk_output", "_rowbase"):
+            assert getattr(found, name) == getattr(expected, name), name
+        assert [found.classify(t) for t in texts] == [expected.classify(t) for t in texts]
+    cached[0].write_bytes(b"not lz4")  # a broken cache: made again
+    assert language.load_identifier().nb_classes == expected.nb_classes
+    monkeypatch.setenv("GLAN_CACHE", "/proc/no-such-place")  # nowhere to write: still loads
+    assert language.load_identifier().nb_classes == expected.nb_classes
