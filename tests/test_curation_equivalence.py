@@ -189,11 +189,13 @@ def test_minhash_band_keys_are_datasketchs():
         kwargs = {"threshold": threshold, "shingle": shingle, "num_perm": num_perm, "text_of": str}
         old = legacy.LegacyNearDuplicates(**kwargs)
         new = NearDuplicates(**kwargs)
-        for text, probe in zip(texts, new.probe_many(texts), strict=True):
+        keys, banded = new.band_keys(texts)  # what screening workers compute
+        for i, (text, probe) in enumerate(zip(texts, new.probe_many(texts), strict=True)):
             expected = old.probe(text)
             assert probe.bands == expected.bands
             assert np.array_equal(probe.shingles, expected.shingles)
             assert probe.shingles.dtype == expected.shingles.dtype
+            assert (keys[i].tolist() if banded[i] else []) == expected.bands
 
 
 def test_lsh_bands_and_permutations_are_datasketchs():

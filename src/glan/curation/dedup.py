@@ -262,16 +262,48 @@ class NearDuplicates:
 
     def band_keys(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The LSH band keys of many normalised texts, (texts, bands) uint64, and whether each
-        text has any (an empty text has no shingles, so no bands: its row of keys is 0)."""
+        text has any (an empty text has no shingles, so no bands: its row of keys is 0).
+
+        The same keys as the probes', faster: a minimum does not care about repeats, so the
+        shingle hashes of each text need not be made a set (no sort), and every window of the
+        texts laid end to end is hashed by whole-array slices (no gathering); the windows that
+        run from one text into the next take their text's first hash, which changes no minimum.
+        """
         np = self._np
         keys = np.zeros((len(texts), self.bands), dtype=np.uint64)
         banded = np.zeros(len(texts), dtype=bool)
         for start in range(0, len(texts), _BATCH_DOCS):
-            end = start + _BATCH_DOCS
-            keys[start:end], banded[start:end] = self._band_keys(
-                self.shingles_many(texts[start:end])
-            )
+            batch = texts[start : start + _BATCH_DOCS]
+            width = self.shingle
+            whole = [i for i, text in enumerate(batch) if len(text) >= width]
+            short = [i for i, text in enumerate(batch) if 0 < len(text) < width]
+            if whole:
+                found = self._keys_of(self._window_signatures([batch[i] for i in whole]))
+                keys[start + np.asarray(whole)] = found
+            if short:  # one shingle, the whole text
+                shingles = [self.shingles(batch[i]) for i in short]
+                keys[start + np.asarray(short)] = self._keys_of(self._signatures(shingles))
+            banded[start : start + len(batch)] = [len(text) > 0 for text in batch]
         return keys, banded
+
+    def _window_signatures(self, texts: list[str]) -> np.ndarray:
+        """The signatures of texts at least a shingle long, from their windows' hashes."""
+        np = self._np
+        width = self.shingle
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        firsts = np.cumsum(lengths) - lengths  # each text's first character
+        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+        total = codes.size
+        codes = np.concatenate([codes.astype(np.uint64), np.zeros(width, dtype=np.uint64)])
+        mixed = codes[:total] * self._shingle_mix[0]
+        for offset in range(1, width):
+            mixed += codes[offset : offset + total] * self._shingle_mix[offset]
+        hashes = (mixed >> np.uint64(32)).astype(np.uint32)
+        if width > 1:  # the last width - 1 windows of each text run into the next one
+            across = np.repeat(firsts + lengths - width + 1, width - 1)
+            across += np.tile(np.arange(width - 1, dtype=np.int64), len(texts))
+            hashes[across] = np.repeat(hashes[firsts], width - 1)
+        return self._minima(_fmix32(np, hashes), firsts)
 
     def _band_keys(self, shingles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         np = self._np
@@ -279,26 +311,36 @@ class NearDuplicates:
         banded = np.fromiter((s.size > 0 for s in shingles), dtype=bool, count=len(shingles))
         full = np.flatnonzero(banded)
         if full.size:
-            signatures = self._signatures([shingles[i] for i in full.tolist()])
-            used = signatures[:, : self.bands * self.rows].astype(np.uint64)
-            found = (used.reshape(full.size, self.bands, self.rows) * self._band_mix).sum(axis=2)
-            found += self._band_salt
-            keys[full] = found
+            keys[full] = self._keys_of(self._signatures([shingles[i] for i in full.tolist()]))
         return keys, banded
 
+    def _keys_of(self, signatures: np.ndarray) -> np.ndarray:
+        """Band keys of signatures: each band's rows hashed together, salted by band."""
+        np = self._np
+        used = signatures[:, : self.bands * self.rows].astype(np.uint64)
+        keys = (used.reshape(len(used), self.bands, self.rows) * self._band_mix).sum(axis=2)
+        keys += self._band_salt
+        return keys
+
     def _signatures(self, docs: list[np.ndarray]) -> np.ndarray:
-        """datasketch's affine32 MinHash signature of each (non-empty) set of 32-bit hashes.
+        """datasketch's affine32 MinHash signature of each (non-empty) set of 32-bit hashes."""
+        np = self._np
+        starts = np.zeros(len(docs), dtype=np.int64)
+        np.cumsum([d.size for d in docs[:-1]], out=starts[1:])
+        return self._minima(_fmix32(np, np.concatenate(docs)), starts)
+
+    def _minima(self, flat: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The signature of each run of pre-mixed hashes (``flat`` from each of ``starts`` to
+        the next), for the permutations the bands use (the rest would be thrown away).
 
         One permutation at a time over every value of the batch (a vector that stays in cache),
         the minimum per text by ``reduceat``: faster than a (permutations x values) matrix.
         """
         np = self._np
-        flat = _fmix32(np, np.concatenate(docs))
-        starts = np.zeros(len(docs), dtype=np.int64)
-        np.cumsum([d.size for d in docs[:-1]], out=starts[1:])
-        signatures = np.empty((len(docs), self._perm_a.size), dtype=np.uint32)
+        used = self.bands * self.rows
+        signatures = np.empty((starts.size, used), dtype=np.uint32)
         permuted = np.empty_like(flat)
-        for p, (a, b) in enumerate(zip(self._perm_a, self._perm_b, strict=True)):
+        for p, (a, b) in enumerate(zip(self._perm_a[:used], self._perm_b[:used], strict=True)):
             np.multiply(flat, a, out=permuted)  # wraps modulo 2^32, as datasketch's does
             permuted += b
             signatures[:, p] = np.minimum.reduceat(permuted, starts)
