@@ -49,6 +49,9 @@ _RATIO = 4  # a run is merged into the one before it while that one is at most 4
 _MAX_CANDIDATES = 32
 # Texts whose shingles and signatures are computed together (numpy over all of them).
 _BATCH_DOCS = 256
+# Shingles of the kept rows added last, kept to compare with (about 1.5 kB each): a candidate
+# not among them is read back from the store
+_KEPT_SHINGLES = 50_000
 # Keys sorted at once when finding those that repeat: 2^22 (with their rows, 64 MB)
 _SORT_BITS = 22
 # (false positive, false negative) weights of the LSH bands' choice: see NearDuplicates
@@ -241,6 +244,7 @@ class NearDuplicates:
         # one index for all bands: a salt per band keeps equal values in two bands apart
         self._band_salt = rng.integers(0, 2**63, size=self.bands, dtype=np.uint64)
         self._index = HashIndex()
+        self._kept: dict[int, np.ndarray] = {}
 
     def probe(self, text: str) -> Probe:
         return self.probe_many([text])[0]
@@ -399,7 +403,9 @@ class NearDuplicates:
                 shared.update(set(keys))
         best: NearMatch | None = None
         for candidate, _ in shared.most_common(_MAX_CANDIDATES):
-            other = self.shingles(self._text_of(candidate))
+            other = self._kept.get(candidate)
+            if other is None:
+                other = self.shingles(self._text_of(candidate))
             jaccard = _jaccard(probe.shingles, other)
             if jaccard >= self.threshold and (best is None or jaccard > best.jaccard):
                 best = NearMatch(candidate, jaccard)
@@ -407,6 +413,10 @@ class NearDuplicates:
 
     def add(self, probe: Probe, key: int) -> None:
         self._index.add_many(probe.bands, key)
+        if probe.bands:  # the latest kept rows' shingles, for when they are candidates
+            self._kept[key] = probe.shingles
+            if len(self._kept) > _KEPT_SHINGLES:
+                del self._kept[next(iter(self._kept))]
 
     def prefetch(self, probes: list[Probe]) -> None:
         """Look the band keys of these probes up ahead, at once (see ``HashIndex.prefetch``)."""
@@ -549,7 +559,7 @@ def _sharing(np: Any, columns: list[tuple[Any, Any]], rows: int) -> Any:
             owners.append(owner)
         value = np.concatenate(values)
         owner = np.concatenate(owners)
-        order = np.argsort(value, kind="stable")
+        order = np.argsort(value)
         value = value[order]
         same = value[1:] == value[:-1]
         shared = np.zeros(value.size, dtype=bool)
