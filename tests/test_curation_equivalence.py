@@ -370,8 +370,8 @@ def test_py3langids_model_from_glans_cache_is_py3langids(tmp_path, monkeypatch):
     with monkeypatch.context() as patched:
         patched.setattr(LanguageIdentifier, "from_model_file", not_this_way)
         made = language.load_identifier()  # unpacks the model and caches it
-        cached = list((tmp_path / "cache").glob("py3langid-model-*.npz.lz4"))
-        assert len(cached) == 1
+        cached = list((tmp_path / "cache").glob("py3langid-model-*"))
+        assert len(cached) == 1 and (cached[0] / "ptc.npy").is_file()
         again = language.load_identifier()  # from the cache
     texts = [*SAMPLES.values(), *HARD, _prose(random.Random(1))]
     for found in (made, again):
@@ -382,7 +382,10 @@ def test_py3langids_model_from_glans_cache_is_py3langids(tmp_path, monkeypatch):
         for name in ("nb_classes", "tk_nextmove", "tk_row", "tk_output", "_rowbase"):
             assert getattr(found, name) == getattr(expected, name), name
         assert [found.classify(t) for t in texts] == [expected.classify(t) for t in texts]
-    cached[0].write_bytes(b"not lz4")  # a broken cache: made again
-    assert language.load_identifier().nb_classes == expected.nb_classes
+    (cached[0] / "nextmove.npy").write_bytes(b"not an array")  # a broken cache: made again
+    assert language.load_identifier().tk_nextmove == expected.tk_nextmove
+    with monkeypatch.context() as patched:
+        patched.setattr(LanguageIdentifier, "from_model_file", not_this_way)
+        assert language.load_identifier().tk_nextmove == expected.tk_nextmove
     monkeypatch.setenv("GLAN_CACHE", "/proc/no-such-place")  # nowhere to write: still loads
     assert language.load_identifier().nb_classes == expected.nb_classes

@@ -19,6 +19,8 @@ import io
 import lzma
 import os
 import re
+import shutil
+import tempfile
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
@@ -133,14 +135,15 @@ _CACHED_MODEL_VERSIONS = ("0.4.",)
 
 def load_identifier() -> Any:
     """py3langid's identifier, as ``LanguageIdentifier.from_model_file(MODEL_FILE,
-    norm_probs=True)`` gives it, about 4x faster after the first time.
+    norm_probs=True)`` gives it, about 5x faster after the first time.
 
     Its model (68 MB of arrays) ships xz-compressed, and unpacking that takes 0.4 s of CPU, in
-    every process that needs it: each screening worker and often the main one. So the unpacked
-    model is kept in glan's cache directory, lz4-compressed (0.08 s to unpack), named by the
-    model file's size and time, and built into an identifier the way py3langid builds it. For a
-    py3langid whose layout is not known here, or on any trouble with the cache, py3langid
-    loads its own model as before.
+    every process that needs it: each screening worker and often the main one. So the arrays are
+    kept unpacked in glan's cache directory (one .npy file each, in a directory named by the
+    model file's size and time) and built into an identifier the way py3langid builds it; the
+    biggest is mapped from the file, so the processes share one copy in memory. For a py3langid
+    whose layout is not known here, or on any trouble with the cache, py3langid loads its own
+    model as before.
     """
     import py3langid
     from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
@@ -160,38 +163,50 @@ def cache_dir() -> Path:
     return Path(base) / "glan"
 
 
-def _unpacked_model(model: Path) -> bytes:
-    """The model file's contents unpacked (an npz archive), from the cache or put there."""
-    import lz4.frame
-
-    stat = model.stat()
-    cached = cache_dir() / f"py3langid-model-{stat.st_size}-{stat.st_mtime_ns}.npz.lz4"
-    with contextlib.suppress(OSError, RuntimeError):  # none yet, or unreadable: made again
-        return bytes(lz4.frame.decompress(cached.read_bytes()))
-    with lzma.open(model) as packed:
-        unpacked = packed.read()
-    with contextlib.suppress(OSError):  # a read-only home: no cache, same model
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
-        partial.write_bytes(lz4.frame.compress(unpacked))
-        os.replace(partial, cached)  # whole or not there, even with workers writing at once
-    return unpacked
+_MODEL_ARRAYS = ("ptc", "pc", "classes", "nextmove", "nextmove_row", "out_feat")
 
 
-def _identifier_from(npz: bytes, identifier: Any) -> Any:
-    """py3langid 0.4's ``modelio.load_model`` and ``from_model_file`` on an unpacked model."""
+def _unpacked_model(model: Path) -> dict[str, Any]:
+    """The model's arrays, from the cache (``ptc`` mapped from its file), or unpacked from the
+    model file and put in the cache."""
     import numpy as np
 
-    with np.load(io.BytesIO(npz), allow_pickle=False) as model:
-        return identifier(
-            np.asarray(model["ptc"]),
-            np.asarray(model["pc"]),
-            model["classes"].tolist(),
-            _as_array(model["nextmove"]),
-            model["out_feat"].tolist(),
-            norm_probs=True,
-            tk_row=_as_array(model["nextmove_row"]),
-        )
+    stat = model.stat()
+    cached = cache_dir() / f"py3langid-model-{stat.st_size}-{stat.st_mtime_ns}"
+    try:
+        return {
+            name: np.load(cached / f"{name}.npy", mmap_mode="r" if name == "ptc" else None)
+            for name in _MODEL_ARRAYS
+        }
+    except (OSError, ValueError):  # none yet, or broken: made again
+        shutil.rmtree(cached, ignore_errors=True)
+    with lzma.open(model) as packed, np.load(io.BytesIO(packed.read())) as unpacked:
+        arrays = {name: unpacked[name] for name in _MODEL_ARRAYS}
+    with contextlib.suppress(OSError):  # a read-only home: no cache, same model
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f"{cached.name}."))
+        for name, values in arrays.items():
+            np.save(partial / f"{name}.npy", values, allow_pickle=False)
+        try:
+            partial.rename(cached)  # whole or not there, even with workers writing at once
+        except OSError:  # another process was first
+            shutil.rmtree(partial, ignore_errors=True)
+    return arrays
+
+
+def _identifier_from(model: dict[str, Any], identifier: Any) -> Any:
+    """py3langid 0.4's ``modelio.load_model`` and ``from_model_file`` on the model's arrays."""
+    import numpy as np
+
+    return identifier(
+        np.asarray(model["ptc"]),
+        np.asarray(model["pc"]),
+        model["classes"].tolist(),
+        _as_array(model["nextmove"]),
+        model["out_feat"].tolist(),
+        norm_probs=True,
+        tk_row=_as_array(model["nextmove_row"]),
+    )
 
 
 def _as_array(values: Any) -> array:
