@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -112,6 +112,9 @@ class CurateConfig(BaseModel):
     min_agreement: float | None = Field(default=None, ge=0, le=1)  # share of samples agreeing
     # speed
     workers: int | None = Field(default=None, ge=1)  # screening processes; None: every core
+    # where: this machine's processes, or Ray Data on a Ray cluster (workers: its actors)
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # with engine ray: the cluster to join; None: start Ray here
 
 
 def curate(
@@ -143,25 +146,10 @@ def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None
         run_id = log.start(config.model_dump(mode="json"), through)
         tally = _Tally(progress)
         deduper = _deduper(run, through, config, screener)
-        with contextlib.closing(screen(run, through, config, screener, tally)) as chunks:
-            for keys, screened in chunks:
-                gone = set()
-                for i, reason, found in screened.verdicts:
-                    gone.add(i)
-                    tally.remove(log, run_id, keys[i][1], keys[i][0], reason, found)
-                # the rest, and their dedup keys (in the same order), less the review's removals
-                staying = [key for i, key in enumerate(keys) if i not in gone]
-                kept = list(range(len(staying)))
-                if reviews:
-                    kept = []
-                    for j, (seq, row_id) in enumerate(staying):
-                        verdict = _reviewed(reviews, config, row_id)
-                        if verdict is None:
-                            kept.append(j)
-                        else:
-                            tally.remove(log, run_id, row_id, seq, *verdict)
-                if deduper is not None and screened.keys is not None:
-                    deduper.add([staying[j][0] for j in kept], screened.keys.take(kept))
+        if config.engine == "ray":
+            _screen_on_ray(run, through, config, screener, reviews, deduper, log, run_id, tally)
+        else:
+            _screen_here(run, through, config, screener, reviews, deduper, log, run_id, tally)
         if deduper is not None:
             for seq, row_id, reason, matched in _dedup(run, deduper):
                 tally.remove(log, run_id, row_id, seq, reason, matched)
@@ -178,6 +166,69 @@ def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None
         return result
     finally:
         run.close()
+
+
+def _screen_here(
+    run: Run,
+    through: int,
+    config: CurateConfig,
+    screener: Screener,
+    reviews: dict[str, Review],
+    deduper: Deduper | None,
+    log: CurationLog,
+    run_id: int,
+    tally: _Tally,
+) -> None:
+    """Screen on this machine (a pool of processes), recording removals as they come, and give
+    dedup the keys of the rows that stay."""
+    with contextlib.closing(screen(run, through, config, screener, tally)) as chunks:
+        for keys, screened in chunks:
+            gone = set()
+            for i, reason, found in screened.verdicts:
+                gone.add(i)
+                tally.remove(log, run_id, keys[i][1], keys[i][0], reason, found)
+            # the rest, and their dedup keys (in the same order), less the review's removals
+            staying = [key for i, key in enumerate(keys) if i not in gone]
+            kept = list(range(len(staying)))
+            if reviews:
+                kept = []
+                for j, (seq, row_id) in enumerate(staying):
+                    verdict = _reviewed(reviews, config, row_id)
+                    if verdict is None:
+                        kept.append(j)
+                    else:
+                        tally.remove(log, run_id, row_id, seq, *verdict)
+            if deduper is not None and screened.keys is not None:
+                deduper.add([staying[j][0] for j in kept], screened.keys.take(kept))
+
+
+def _screen_on_ray(
+    run: Run,
+    through: int,
+    config: CurateConfig,
+    screener: Screener,
+    reviews: dict[str, Review],
+    deduper: Deduper | None,
+    log: CurationLog,
+    run_id: int,
+    tally: _Tally,
+) -> None:
+    """``_screen_here`` as Ray Data (see ``on_ray.py``): the review's removals are decided here
+    and applied by the actors to the rows screening keeps; only the rows that share a dedup key
+    with another come back with their keys."""
+    from glan.curation.on_ray import screen_on_ray
+
+    reviewed = {}
+    for row_id in reviews:
+        verdict = _reviewed(reviews, config, row_id)
+        if verdict is not None:
+            reviewed[row_id] = verdict
+    screening = screen_on_ray(run, through, config, screener, reviewed)
+    tally.seen = screening.seen
+    for seq, row_id, reason, found in screening.removals():
+        tally.remove(log, run_id, row_id, seq, reason, found)
+    if deduper is not None:
+        screening.colliding(deduper)
 
 
 def _deduper(run: Run, through: int, config: CurateConfig, screener: Screener) -> Deduper | None:

@@ -54,10 +54,16 @@ class Screener:
     the dedup keys of those that stay."""
 
     def __init__(
-        self, config: CurateConfig | SimpleNamespace, lsh: tuple[int, int] | None = None
+        self,
+        config: CurateConfig | SimpleNamespace,
+        lsh: tuple[int, int] | None = None,
+        *,
+        benchmarks: BenchmarkIndex | None = None,
     ) -> None:
-        self.benchmarks: BenchmarkIndex | None = None
-        if config.benchmarks:  # first: a bad benchmark file fails before the slower set-up
+        # ``benchmarks``: the index the driver loaded, handed to Ray actors rather than loaded
+        # from files again (which the cluster's nodes may not have)
+        self.benchmarks: BenchmarkIndex | None = benchmarks
+        if config.benchmarks and benchmarks is None:  # first: a bad file fails before the rest
             self.benchmarks = load_benchmarks(
                 config.benchmarks, config.benchmark_fields, config.ngram, config.min_benchmark_words
             )
