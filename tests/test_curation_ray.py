@@ -87,3 +87,20 @@ def test_curating_on_ray_without_dedup_or_near_dup(cluster, planted, tmp_path):
         expected = removed(run)
         on_ray = curate(run, CurateConfig(engine="ray", **settings))
         assert removed(run) == expected and on_ray.counts == here.counts
+
+
+def test_the_reviews_thresholds_apply_on_ray_as_here(cluster, planted, tmp_path, monkeypatch):
+    from glan.curation import runner
+    from glan.stages.review import Review
+
+    local, _ = planted
+    run = tmp_path / "ray"
+    rows = to_ray(local, run)
+    # every fifth pair judged, some below the threshold (among them duplicates' originals)
+    judged = {row["id"]: Review(score=3 + i % 7, reason=f"r{i}") for i, row in enumerate(rows[::5])}
+    monkeypatch.setattr(runner, "_reviews", lambda run, config: judged)
+    here = curate(run, CurateConfig(min_score=6))
+    expected = removed(run)
+    on_ray = curate(run, CurateConfig(min_score=6, engine="ray"))
+    assert removed(run) == expected
+    assert on_ray.counts == here.counts and here.counts["low_score"] > 0
