@@ -461,7 +461,7 @@ class Deduper:
     otherwise.
 
     Rows arrive in any order, with their ``DedupKeys`` (``add``), and are kept by row number at
-    136 bytes a row (digest, 14 band keys, a state byte). ``colliding`` then picks, with a few
+    121 bytes a row (digest, 14 band keys, a state byte). ``colliding`` then picks, with a few
     sorts, the rows that share a digest or a band key with another: every other row has no
     candidate to compare with and nothing will ever compare with it, so it is kept, and leaving
     it out changes nothing for the rest. Only the colliding rows are judged one by one in id

@@ -13,7 +13,7 @@ question altogether. Pairs are visited by id (the order of a stable hash), not b
 same run gives the same curated set whatever order its answers came back in.
 
 Memory does not grow with the rows' text: rows stream from SQLite, removals are written as they are
-found, and dedup keeps 136 bytes per row (its keys; see ``dedup.py``).
+found, and dedup keeps 121 bytes per row (its keys; see ``dedup.py``).
 
 Every core: screening (decontamination and the filters) needs no other row, so a large run is
 screened by a pool of worker processes (``workers``, all cores by default), a chunk of rows at a
