@@ -244,6 +244,11 @@ class LegacyNearDuplicates(NearDuplicates):
         import datasketch
 
         self._permutations = datasketch.MinHash(num_perm=kwargs["num_perm"], seed=1).permutations
+        lsh = datasketch.MinHashLSH(
+            threshold=kwargs["threshold"], num_perm=kwargs["num_perm"], weights=(0.1, 0.9)
+        )
+        # the bands glan chose before it stopped asking datasketch (the mixers assume them)
+        assert (self.bands, self.rows) == (lsh.b, lsh.r)
         self._num_perm = kwargs["num_perm"]
         self._datasketch = datasketch
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import legacy_curation as legacy
-from glan.curation import CurateConfig, curate, runner
+from glan.curation import CurateConfig, CurationError, curate, runner
 from glan.curation import filters as fast
 from glan.curation.decontaminate import load_benchmarks
-from glan.curation.dedup import NearDuplicates
+from glan.curation.dedup import NearDuplicates, lsh_params, minhash_permutations
 from glan.curation.language import prose
 from glan.curation.text import normalise, words
 from glan.testing.fake_teacher import _prose, _sentence
@@ -78,7 +78,9 @@ def corpus(seed: int, count: int) -> list[tuple[str, str, dict[str, Any]]]:
             share = rng.choice((0.2, 0.45, 0.5, 0.55, 0.9, 1.0))
             question += " " + answer[: int(len(answer) * share)]
         elif draw < 0.25:
-            question += rng.choice(("\nAnswer: 42", "\n**Final answer**: x", " \\boxed{3}"))
+            question += rng.choice(
+                ("\nAnswer: 42", "\n**Final answer**: x", " \\boxed{3}", " \\BOXED{7}", "\n정답：5")
+            )
         elif draw < 0.4:
             answer = rng.choice(list(SAMPLES.values()) + HARD) + " " + answer[: rng.randint(0, 300)]
         elif draw < 0.5:  # code, formulas, links, numbers
@@ -99,10 +101,15 @@ def test_text_clean_up_is_unchanged():
     alphabet = "abc XYZ_-!?.,'\t\n\u00a0\u3000가나 日本 ﬁ ＡＢ ½ ² e\u0301 İ ß Σ ٣ ๓"
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80))) for _ in range(3000)]
     texts += [q + "\n" + a for q, a, _ in corpus(3, 200)]
+    texts += ["a" * 30 + " \n\t" * 20 + "b" * 40, "x " * 60, "y" * 90]
     for text in texts:
         assert words(text) == legacy.words(text)
         assert normalise(text) == legacy.normalise(text)
-        assert prose(text) == legacy.prose(text)
+        whole = legacy.prose(text)
+        assert prose(text) == whole
+        for limit in (1, 10, 40, 2000):  # a beginning of the prose, at least limit long
+            head = prose(text, limit)
+            assert whole.startswith(head) and len(head) >= min(limit, len(whole)), (text, limit)
 
 
 def test_each_filter_gives_the_verdicts_it_gave():
@@ -182,11 +189,35 @@ def test_minhash_band_keys_are_datasketchs():
         kwargs = {"threshold": threshold, "shingle": shingle, "num_perm": num_perm, "text_of": str}
         old = legacy.LegacyNearDuplicates(**kwargs)
         new = NearDuplicates(**kwargs)
-        for text, probe in zip(texts, new.probe_many(texts), strict=True):
+        keys, banded = new.band_keys(texts)  # what screening workers compute
+        for i, (text, probe) in enumerate(zip(texts, new.probe_many(texts), strict=True)):
             expected = old.probe(text)
             assert probe.bands == expected.bands
             assert np.array_equal(probe.shingles, expected.shingles)
             assert probe.shingles.dtype == expected.shingles.dtype
+            assert (keys[i].tolist() if banded[i] else []) == expected.bands
+
+
+def test_lsh_bands_and_permutations_are_datasketchs():
+    """Chosen without importing datasketch (and scipy), the same as datasketch chooses."""
+    datasketch = pytest.importorskip("datasketch")
+    rng = random.Random(9)
+    configs = [(t / 100, n) for t in range(50, 100, 5) for n in (16, 64, 128)]
+    configs += [(round(rng.uniform(0.05, 0.99), 3), rng.randint(16, 200)) for _ in range(8)]
+    configs += [(0.8, 256), (0.9, 512), (0.1, 16)]
+    for threshold, num_perm in configs:
+        lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
+        assert lsh_params(threshold, num_perm) == (lsh.b, lsh.r), (threshold, num_perm)
+    for num_perm in (16, 128, 1024):
+        a, b = minhash_permutations(num_perm, 1)
+        expected = datasketch.MinHash(num_perm=num_perm, seed=1).permutations
+        assert a.dtype == b.dtype == np.uint32
+        assert np.array_equal(a, expected[0]) and np.array_equal(b, expected[1])
+
+
+def test_too_few_bands_is_a_curation_error():
+    with pytest.raises(CurationError, match="fewer than 2 LSH bands"):
+        NearDuplicates(threshold=1.0, shingle=5, num_perm=16, text_of=str)
 
 
 def planted_rows(count: int) -> list[dict[str, Any]]:
@@ -295,3 +326,66 @@ def test_hash_index_lookups_made_ahead_see_what_is_added_after(monkeypatch):
             expected.setdefault(key, []).append(value)
     index.end_prefetch()
     assert index.get_many(keys) == [expected.get(key, []) for key in keys]
+
+
+@pytest.mark.parametrize("bits", [22, 3])
+def test_rows_sharing_a_key_are_found_a_part_at_a_time(monkeypatch, bits):
+    from glan.curation import dedup as dedup_module
+
+    monkeypatch.setattr(dedup_module, "_SORT_BITS", bits)  # 3: many parts of 8 keys
+    rng = np.random.default_rng(3)
+    rows = 300
+    pool = rng.integers(0, 2**64 - 1, size=250, dtype=np.uint64, endpoint=True)
+    columns = []
+    for _ in range(4):
+        owners = np.sort(rng.choice(rows, size=200, replace=False))
+        columns.append((rng.choice(pool, size=owners.size), owners))
+    found = dedup_module._sharing(np, columns, rows)
+    expected = np.zeros(rows, dtype=bool)
+    entries = [
+        (int(value), int(owner))
+        for values, owners in columns
+        for value, owner in zip(values, owners, strict=True)
+    ]
+    counts: dict[int, int] = {}
+    for value, _ in entries:
+        counts[value] = counts.get(value, 0) + 1
+    for value, owner in entries:
+        expected[owner] |= counts[value] > 1
+    assert found.tolist() == expected.tolist()
+    assert 0 < found.sum() < rows
+
+
+def test_py3langids_model_from_glans_cache_is_py3langids(tmp_path, monkeypatch):
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    from glan.curation import language
+
+    monkeypatch.setenv("GLAN_CACHE", str(tmp_path / "cache"))
+    expected = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+    def not_this_way(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("py3langid's own loading was used")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LanguageIdentifier, "from_model_file", not_this_way)
+        made = language.load_identifier()  # unpacks the model and caches it
+        cached = list((tmp_path / "cache").glob("py3langid-model-*"))
+        assert len(cached) == 1 and (cached[0] / "ptc.npy").is_file()
+        again = language.load_identifier()  # from the cache
+    texts = [*SAMPLES.values(), *HARD, _prose(random.Random(1))]
+    for found in (made, again):
+        assert type(found) is LanguageIdentifier
+        for name in ("nb_ptc", "nb_pc"):
+            same = getattr(found, name) == getattr(expected, name)
+            assert same.all() and getattr(found, name).dtype == getattr(expected, name).dtype
+        for name in ("nb_classes", "tk_nextmove", "tk_row", "tk_output", "_rowbase"):
+            assert getattr(found, name) == getattr(expected, name), name
+        assert [found.classify(t) for t in texts] == [expected.classify(t) for t in texts]
+    (cached[0] / "nextmove.npy").write_bytes(b"not an array")  # a broken cache: made again
+    assert language.load_identifier().tk_nextmove == expected.tk_nextmove
+    with monkeypatch.context() as patched:
+        patched.setattr(LanguageIdentifier, "from_model_file", not_this_way)
+        assert language.load_identifier().tk_nextmove == expected.tk_nextmove
+    monkeypatch.setenv("GLAN_CACHE", "/proc/no-such-place")  # nowhere to write: still loads
+    assert language.load_identifier().nb_classes == expected.nb_classes

@@ -24,7 +24,8 @@ from conftest import API_KEY, cli_env, read_rows
 from glan import api
 from glan.config import FOLLOWUP_KINDS, ConfigError, GenerateConfig
 from glan.costs.progress import RunStats
-from glan.curation.runner import CurateConfig, Curator, curate
+from glan.curation.runner import CurateConfig, curate
+from glan.curation.screen import Screener, turns_of
 from glan.ids import canonical_json
 from glan.items import META_KEYS, SINGLE_TURN_META
 from glan.llm.types import unpack_request
@@ -374,31 +375,31 @@ def test_curation_screens_every_turn(tmp_path, teacher, make_config):
 
 
 def test_screening_turn_by_turn():
-    curator = Curator(CurateConfig(language="any", dedup=False), lambda seq: "")
+    screener = Screener(CurateConfig(language="any", dedup=False))
     question = "Explain why the derivative of x squared is two x, step by step."
     answer = "The derivative measures the rate of change; by the power rule it is 2x."
     follow = "Could you show the limit definition for that derivative, please?"
     good = [question, answer, follow, "Take the limit of ((x+h)^2 - x^2)/h as h goes to 0."]
 
-    def row(*texts: str, **meta: Any) -> dict[str, Any]:
+    def row(*texts: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         roles = ["user", "assistant"] * len(texts)
         messages = [{"role": r, "content": t} for r, t in zip(roles, texts, strict=False)]
-        return {"id": "r", "messages": messages, "meta": meta}
+        return turns_of({"id": "r", "messages": messages}), {}
 
-    assert curator.screen(row(*good)) is None
-    assert curator.screen(row(*good, follow, REFUSAL)) == (
+    assert screener.screen(*row(*good)) is None
+    assert screener.screen(*row(*good, follow, REFUSAL)) == (
         "refusal",
         {"matched": "I'm sorry", "turn": 3},
     )
-    assert curator.screen(row(*good, follow, "ok")) == (
+    assert screener.screen(*row(*good, follow, "ok")) == (
         "too_short",
         {"part": "answer", "chars": 2, "min": 20, "turn": 3},
     )
     # a reply that quotes the student's attempt is no leak; a first answer that is all in its
     # question still is one
     attempt = "My attempt: " + answer
-    assert curator.screen(row(question, answer, attempt, answer)) is None
-    assert curator.screen(row(answer + " " + question, answer))[0] == "answer_leak"
+    assert screener.screen(*row(question, answer, attempt, answer)) is None
+    assert screener.screen(*row(answer + " " + question, answer))[0] == "answer_leak"
 
 
 def test_the_report_shows_turns_and_the_followup_mix(tmp_path, teacher, make_config):

@@ -154,8 +154,19 @@ CURATE_OPTIONS = [
     field_option(
         CurateConfig,
         "workers",
-        help="Processes that screen pairs (filters and decontamination). \\[default: every core]",
+        help="Processes that screen pairs (filters and decontamination); with --engine ray, actors. \\[default: every core, or every CPU of the Ray cluster]",
         show_default=False,
+    ),
+    option(
+        "engine",
+        str,
+        default=CURATE_DEFAULTS.engine,
+        help='local: processes on this machine (--workers). ray: Ray Data over the run\'s rows on a Ray cluster, the same removals (pip install "glan\\[ray]"); for a local run, Ray on this machine or a shared filesystem.',
+    ),
+    option(
+        "ray_address",
+        str | None,
+        help="With --engine ray: the cluster to join ('auto' for the one this machine is in). \\[default: start Ray on this machine]",
     ),
     field_option(
         CurateConfig,

@@ -69,6 +69,23 @@ class BenchmarkIndex:
         self._splits: list[str | None] = []
         self._grams: dict[int, tuple[int, int, int]] = {}  # hash -> (benchmark, split, item)
         self._lengths: set[int] = set()
+        # what was indexed, for another process: Python's hash of a string differs between
+        # processes, so an index sent elsewhere (to Ray actors) is built again there
+        self._added: list[tuple[int, str | None, int, str]] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "min_words": self.min_words,
+            "benchmarks": self.benchmarks,
+            "added": self._added,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["n"], state["min_words"])  # type: ignore[misc]
+        self.benchmarks = state["benchmarks"]
+        for benchmark, split, item, text in state["added"]:
+            self.add(benchmark, split, item, text)
 
     def __len__(self) -> int:
         return len(self._grams)
@@ -78,6 +95,7 @@ class BenchmarkIndex:
         tokens = words(text)
         if len(tokens) < self.min_words:
             return False
+        self._added.append((benchmark, split, item, text))
         length = min(self.n, len(tokens))
         self._lengths.add(length)
         if split not in self._splits:

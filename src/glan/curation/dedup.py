@@ -5,31 +5,37 @@ a duplicate when it matches one that was offered earlier *and kept*, so the firs
 the one that stays.
 
 Exact duplicates compare normalised text (case, width, punctuation and spacing ignored).
-Near duplicates are found with MinHash LSH: datasketch computes each question's MinHash over
-character shingles and picks the bands (b x r) for the Jaccard threshold; a candidate that shares a
-band is then checked against its real shingle Jaccard, so only pairs at or above the threshold are
-removed (LSH decides what is compared, never what is removed).
+Near duplicates are found with MinHash LSH: each question's MinHash over character shingles,
+cut into the bands (b x r) chosen for the Jaccard threshold; a candidate that shares a band is then
+checked against its real shingle Jaccard, so only pairs at or above the threshold are removed (LSH
+decides what is compared, never what is removed).
 
 Signatures are computed here with numpy, many questions at a time (``probe_many``): the same
 values as datasketch's affine32 scheme (MurmurHash3's finalizer, then ``a * h + b`` modulo 2^32,
-then the minimum per permutation), bit for bit, without a Python call per question.
+then the minimum per permutation), bit for bit, without a Python call per question. The
+permutations and the bands are datasketch's too (``minhash_permutations``, ``lsh_params``: the same
+draws and the same choice, computed without importing datasketch, which costs a second for scipy;
+a test compares them with datasketch's).
 
 Memory: datasketch's own in-memory LSH keeps a Python set per bucket, about 3.5 KB per row with 9
-bands (measured: 770 MB for 200k rows), which is gigabytes at a million rows. The bucket index
-here keeps each (band key, row) entry in sorted numpy arrays, 16 bytes each (14 bands: 224 bytes
-per kept row, plus 16 for the exact index), and the texts stay in the store: a candidate's text
-is read back from SQLite only to check its Jaccard.
+bands (measured: 770 MB for 200k rows), which is gigabytes at a million rows. Here every row's
+keys are kept in numpy arrays by row number (``Deduper``: 121 bytes a row), and only the rows
+that share a key with another (16% of the realistic benchmark's) enter the bucket index, which
+keeps each (band key, row) entry in sorted numpy arrays, 16 bytes each. The texts stay in the
+store: a candidate's text is read back only to check its Jaccard (the shingles of the last
+50,000 kept rows are kept for that).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from glan.curation.errors import require
+from glan.curation.errors import CurationError, require
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,6 +51,13 @@ _RATIO = 4  # a run is merged into the one before it while that one is at most 4
 _MAX_CANDIDATES = 32
 # Texts whose shingles and signatures are computed together (numpy over all of them).
 _BATCH_DOCS = 256
+# Shingles of the kept rows added last, kept to compare with (about 1.5 kB each): a candidate
+# not among them is read back from the store
+_KEPT_SHINGLES = 50_000
+# Keys sorted at once when finding those that repeat: 2^22 (with their rows, 64 MB)
+_SORT_BITS = 22
+# (false positive, false negative) weights of the LSH bands' choice: see NearDuplicates
+LSH_WEIGHTS = (0.1, 0.9)
 
 
 class HashIndex:
@@ -202,19 +215,30 @@ class NearDuplicates:
     written without spaces have no words to shingle.
     """
 
-    def __init__(self, *, threshold: float, shingle: int, num_perm: int, text_of: TextOf) -> None:
-        datasketch = require("datasketch", "curate")
+    def __init__(
+        self,
+        *,
+        threshold: float,
+        shingle: int,
+        num_perm: int,
+        text_of: TextOf,
+        params: tuple[int, int] | None = None,
+    ) -> None:
         self.threshold = threshold
         self.shingle = shingle
         self._text_of = text_of
         # Every candidate is verified, so a false positive costs one lookup while a false negative
         # is a duplicate kept: weight misses 9:1 (128 perms at 0.8: 14 bands of 9 rows, which
         # finds a pair at Jaccard 0.85 97% of the time; the balanced 9 x 13 finds it 69%).
-        lsh = datasketch.MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
-        self.bands, self.rows = int(lsh.b), int(lsh.r)
-        permutations = datasketch.MinHash(num_perm=num_perm, seed=_SEED).permutations
+        # ``params``: the (bands, rows) lsh_params gave, passed on to worker processes.
+        self.bands, self.rows = params or lsh_params(threshold, num_perm, LSH_WEIGHTS)
+        if self.bands < 2:
+            raise CurationError(
+                f"--near-dup-threshold {threshold} with --num-perm {num_perm} leaves fewer than"
+                " 2 LSH bands; lower the threshold or raise --num-perm"
+            )
         np = self._np = _numpy()
-        self._perm_a, self._perm_b = (np.asarray(p, dtype=np.uint32) for p in permutations)
+        self._perm_a, self._perm_b = minhash_permutations(num_perm, _SEED)
         rng = np.random.default_rng(_SEED)
         # random odd 64-bit multipliers: multilinear hashing of shingles and of bands
         self._shingle_mix = rng.integers(1, 2**63, size=shingle, dtype=np.uint64) * 2 + 1
@@ -222,6 +246,7 @@ class NearDuplicates:
         # one index for all bands: a salt per band keeps equal values in two bands apart
         self._band_salt = rng.integers(0, 2**63, size=self.bands, dtype=np.uint64)
         self._index = HashIndex()
+        self._kept: dict[int, np.ndarray] = {}
 
     def probe(self, text: str) -> Probe:
         return self.probe_many([text])[0]
@@ -234,33 +259,94 @@ class NearDuplicates:
         return probes
 
     def _probe_batch(self, texts: list[str]) -> list[Probe]:
-        np = self._np
         shingles = self.shingles_many(texts)
-        probes = [Probe(s, []) for s in shingles]
-        full = [i for i, s in enumerate(shingles) if s.size]
-        if not full:
-            return probes
-        signatures = self._signatures([shingles[i] for i in full])
+        keys, banded = self._band_keys(shingles)
+        return [
+            Probe(s, bands if has else [])
+            for s, bands, has in zip(shingles, keys.tolist(), banded.tolist(), strict=True)
+        ]
+
+    def band_keys(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The LSH band keys of many normalised texts, (texts, bands) uint64, and whether each
+        text has any (an empty text has no shingles, so no bands: its row of keys is 0).
+
+        The same keys as the probes', faster: a minimum does not care about repeats, so the
+        shingle hashes of each text need not be made a set (no sort), and every window of the
+        texts laid end to end is hashed by whole-array slices (no gathering); the windows that
+        run from one text into the next take their text's first hash, which changes no minimum.
+        """
+        np = self._np
+        keys = np.zeros((len(texts), self.bands), dtype=np.uint64)
+        banded = np.zeros(len(texts), dtype=bool)
+        for start in range(0, len(texts), _BATCH_DOCS):
+            batch = texts[start : start + _BATCH_DOCS]
+            width = self.shingle
+            whole = [i for i, text in enumerate(batch) if len(text) >= width]
+            short = [i for i, text in enumerate(batch) if 0 < len(text) < width]
+            if whole:
+                found = self._keys_of(self._window_signatures([batch[i] for i in whole]))
+                keys[start + np.asarray(whole)] = found
+            if short:  # one shingle, the whole text
+                shingles = [self.shingles(batch[i]) for i in short]
+                keys[start + np.asarray(short)] = self._keys_of(self._signatures(shingles))
+            banded[start : start + len(batch)] = [len(text) > 0 for text in batch]
+        return keys, banded
+
+    def _window_signatures(self, texts: list[str]) -> np.ndarray:
+        """The signatures of texts at least a shingle long, from their windows' hashes."""
+        np = self._np
+        width = self.shingle
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        firsts = np.cumsum(lengths) - lengths  # each text's first character
+        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
+        total = codes.size
+        codes = np.concatenate([codes.astype(np.uint64), np.zeros(width, dtype=np.uint64)])
+        mixed = codes[:total] * self._shingle_mix[0]
+        for offset in range(1, width):
+            mixed += codes[offset : offset + total] * self._shingle_mix[offset]
+        hashes = (mixed >> np.uint64(32)).astype(np.uint32)
+        if width > 1:  # the last width - 1 windows of each text run into the next one
+            across = np.repeat(firsts + lengths - width + 1, width - 1)
+            across += np.tile(np.arange(width - 1, dtype=np.int64), len(texts))
+            hashes[across] = np.repeat(hashes[firsts], width - 1)
+        return self._minima(_fmix32(np, hashes), firsts)
+
+    def _band_keys(self, shingles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        np = self._np
+        keys = np.zeros((len(shingles), self.bands), dtype=np.uint64)
+        banded = np.fromiter((s.size > 0 for s in shingles), dtype=bool, count=len(shingles))
+        full = np.flatnonzero(banded)
+        if full.size:
+            keys[full] = self._keys_of(self._signatures([shingles[i] for i in full.tolist()]))
+        return keys, banded
+
+    def _keys_of(self, signatures: np.ndarray) -> np.ndarray:
+        """Band keys of signatures: each band's rows hashed together, salted by band."""
+        np = self._np
         used = signatures[:, : self.bands * self.rows].astype(np.uint64)
-        keys = (used.reshape(len(full), self.bands, self.rows) * self._band_mix).sum(axis=2)
+        keys = (used.reshape(len(used), self.bands, self.rows) * self._band_mix).sum(axis=2)
         keys += self._band_salt
-        for i, bands in zip(full, keys.tolist(), strict=True):
-            probes[i] = Probe(shingles[i], bands)
-        return probes
+        return keys
 
     def _signatures(self, docs: list[np.ndarray]) -> np.ndarray:
-        """datasketch's affine32 MinHash signature of each (non-empty) set of 32-bit hashes.
+        """datasketch's affine32 MinHash signature of each (non-empty) set of 32-bit hashes."""
+        np = self._np
+        starts = np.zeros(len(docs), dtype=np.int64)
+        np.cumsum([d.size for d in docs[:-1]], out=starts[1:])
+        return self._minima(_fmix32(np, np.concatenate(docs)), starts)
+
+    def _minima(self, flat: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The signature of each run of pre-mixed hashes (``flat`` from each of ``starts`` to
+        the next), for the permutations the bands use (the rest would be thrown away).
 
         One permutation at a time over every value of the batch (a vector that stays in cache),
         the minimum per text by ``reduceat``: faster than a (permutations x values) matrix.
         """
         np = self._np
-        flat = _fmix32(np, np.concatenate(docs))
-        starts = np.zeros(len(docs), dtype=np.int64)
-        np.cumsum([d.size for d in docs[:-1]], out=starts[1:])
-        signatures = np.empty((len(docs), self._perm_a.size), dtype=np.uint32)
+        used = self.bands * self.rows
+        signatures = np.empty((starts.size, used), dtype=np.uint32)
         permuted = np.empty_like(flat)
-        for p, (a, b) in enumerate(zip(self._perm_a, self._perm_b, strict=True)):
+        for p, (a, b) in enumerate(zip(self._perm_a[:used], self._perm_b[:used], strict=True)):
             np.multiply(flat, a, out=permuted)  # wraps modulo 2^32, as datasketch's does
             permuted += b
             signatures[:, p] = np.minimum.reduceat(permuted, starts)
@@ -319,7 +405,9 @@ class NearDuplicates:
                 shared.update(set(keys))
         best: NearMatch | None = None
         for candidate, _ in shared.most_common(_MAX_CANDIDATES):
-            other = self.shingles(self._text_of(candidate))
+            other = self._kept.get(candidate)
+            if other is None:
+                other = self.shingles(self._text_of(candidate))
             jaccard = _jaccard(probe.shingles, other)
             if jaccard >= self.threshold and (best is None or jaccard > best.jaccard):
                 best = NearMatch(candidate, jaccard)
@@ -327,6 +415,10 @@ class NearDuplicates:
 
     def add(self, probe: Probe, key: int) -> None:
         self._index.add_many(probe.bands, key)
+        if probe.bands:  # the latest kept rows' shingles, for when they are candidates
+            self._kept[key] = probe.shingles
+            if len(self._kept) > _KEPT_SHINGLES:
+                del self._kept[next(iter(self._kept))]
 
     def prefetch(self, probes: list[Probe]) -> None:
         """Look the band keys of these probes up ahead, at once (see ``HashIndex.prefetch``)."""
@@ -334,6 +426,198 @@ class NearDuplicates:
 
     def end_prefetch(self) -> None:
         self._index.end_prefetch()
+
+
+@dataclass(frozen=True)
+class DedupKeys:
+    """What dedup needs of a batch of questions, computed where they are screened (in worker
+    processes): each normalised question's digest (exact dedup) and LSH band keys (near)."""
+
+    digests: np.ndarray  # (n,) uint64
+    bands: np.ndarray  # (n, bands) uint64; (n, 0) without near dedup
+    banded: np.ndarray  # (n,) bool: False for a question without shingles (an empty one)
+
+    def __len__(self) -> int:
+        return int(self.digests.size)
+
+    def take(self, positions: list[int]) -> DedupKeys:
+        """The keys of these rows of the batch."""
+        return DedupKeys(self.digests[positions], self.bands[positions], self.banded[positions])
+
+
+def dedup_keys(texts: list[str], near: NearDuplicates | None) -> DedupKeys:
+    """The ``DedupKeys`` of normalised questions."""
+    np = _numpy()
+    digests = np.fromiter((_digest(text) for text in texts), dtype=np.uint64, count=len(texts))
+    if near is None:
+        return DedupKeys(digests, np.zeros((len(texts), 0), np.uint64), np.zeros(len(texts), bool))
+    return DedupKeys(digests, *near.band_keys(texts))
+
+
+Verdict = tuple[str, dict[str, Any]]
+
+
+class Deduper:
+    """Exact, then near dedup of the rows that passed screening: a row is a duplicate of the
+    most similar kept row before it in id order, and is kept (and compared with later rows)
+    otherwise.
+
+    Rows arrive in any order, with their ``DedupKeys`` (``add``), and are kept by row number at
+    121 bytes a row (digest, 14 band keys, a state byte). ``colliding`` then picks, with a few
+    sorts, the rows that share a digest or a band key with another: every other row has no
+    candidate to compare with and nothing will ever compare with it, so it is kept, and leaving
+    it out changes nothing for the rest. Only the colliding rows are judged one by one in id
+    order (``judge_many``), with the keys the workers computed: the verdicts, candidates and
+    their order are those of judging every row in id order.
+    """
+
+    def __init__(self, rows: int, near: NearDuplicates | None, text_of: TextOf) -> None:
+        np = self._np = _numpy()
+        self.near = near
+        self.exact = ExactDuplicates(text_of)
+        bands = near.bands if near is not None else 0
+        self._digests = np.zeros(rows + 1, dtype=np.uint64)  # by row number (seq)
+        self._bands = np.zeros((rows + 1, bands), dtype=np.uint64)
+        self._state = np.zeros(rows + 1, dtype=np.uint8)  # 0: absent, 1: present, 2: banded too
+
+    def add(self, seqs: list[int], keys: DedupKeys) -> None:
+        """Offer these rows (their numbers and keys) to dedup."""
+        np = self._np
+        at = np.asarray(seqs, dtype=np.int64)
+        self._digests[at] = keys.digests
+        self._bands[at] = keys.bands
+        self._state[at] = 1 + keys.banded
+
+    def colliding(self) -> np.ndarray:
+        """The numbers of the rows that share a digest or a band key with another row, in order."""
+        np = self._np
+        present = np.flatnonzero(self._state)
+        banded = np.flatnonzero(self._state == 2)
+        columns = [(self._digests[present], present)]
+        columns += [(self._bands[banded, band], banded) for band in range(self._bands.shape[1])]
+        return np.flatnonzero(_sharing(np, columns, self._state.size))
+
+    def keys_of(self, seqs: list[int]) -> list[list[int]]:
+        """The band keys of these rows, as ``Probe.bands`` has them ([] for none)."""
+        np = self._np
+        at = np.asarray(seqs, dtype=np.int64)
+        banded = (self._state[at] == 2).tolist()
+        keys = self._bands[at].tolist()
+        return [bands if has else [] for bands, has in zip(keys, banded, strict=True)]
+
+    def judge_many(self, rows: list[tuple[int, str]]) -> list[Verdict | None]:
+        """Why each of these rows (number, normalised question; next in id order) duplicates a
+        kept one, or None (then it is kept, and later rows are compared with it)."""
+        seqs = [seq for seq, _ in rows]
+        texts = [text for _, text in rows]
+        probes: list[Probe | None] = [None] * len(rows)
+        if self.near is not None:
+            shingles = self.near.shingles_many(texts)
+            probes = [
+                Probe(s, bands) for s, bands in zip(shingles, self.keys_of(seqs), strict=True)
+            ]
+            self.near.prefetch([p for p in probes if p is not None])
+        self.exact.prefetch(texts)
+        try:
+            return [
+                self._judge(seq, text, probe)
+                for seq, text, probe in zip(seqs, texts, probes, strict=True)
+            ]
+        finally:
+            if self.near is not None:
+                self.near.end_prefetch()
+            self.exact.end_prefetch()
+
+    def _judge(self, seq: int, text: str, probe: Probe | None) -> Verdict | None:
+        original = self.exact.match(text)
+        if original is not None:
+            return "exact_duplicate", {"duplicate_of": original}
+        if self.near is not None and probe is not None:
+            similar = self.near.match(probe)
+            if similar is not None:
+                return "near_duplicate", {
+                    "duplicate_of": similar.key,
+                    "jaccard": round(similar.jaccard, 3),
+                }
+            self.near.add(probe, seq)
+        self.exact.add(text, seq)
+        return None
+
+
+def _sharing(np: Any, columns: list[tuple[Any, Any]], rows: int) -> Any:
+    """For each row, whether one of its values (``columns``: values and the row each belongs to)
+    equals another value of any column. Sorted a part at a time (by the values' top bits), so
+    the extra memory stays near 4M entries whatever the number of rows."""
+    total = sum(values.size for values, _ in columns)
+    found = np.zeros(rows, dtype=bool)
+    bits = max(0, (total - 1).bit_length() - _SORT_BITS)
+    for part in range(1 << bits):
+        values, owners = [], []
+        for column, owner in columns:
+            if bits:
+                chosen = np.flatnonzero((column >> np.uint64(64 - bits)) == part)
+                column, owner = column[chosen], owner[chosen]
+            values.append(column)
+            owners.append(owner)
+        value = np.concatenate(values)
+        owner = np.concatenate(owners)
+        order = np.argsort(value)
+        value = value[order]
+        same = value[1:] == value[:-1]
+        shared = np.zeros(value.size, dtype=bool)
+        shared[1:] |= same
+        shared[:-1] |= same
+        found[owner[order[shared]]] = True
+    return found
+
+
+def minhash_permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """datasketch's affine32 permutations (``MinHash(num_perm, seed).permutations``): odd
+    multipliers ``a`` and offsets ``b``, drawn from numpy's legacy RandomState in its order."""
+    np = _numpy()
+    draw = np.random.RandomState(seed)
+    a = draw.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+    b = draw.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+    return a, b
+
+
+@functools.lru_cache(maxsize=16)
+def lsh_params(
+    threshold: float, num_perm: int, weights: tuple[float, float] = LSH_WEIGHTS
+) -> tuple[int, int]:
+    """The bands and rows datasketch's ``MinHashLSH(threshold, num_perm, weights)`` chooses: of
+    every b x r <= num_perm, the first (by b, then r) with the least weighted sum of the chances
+    of a false positive (a pair below the threshold shares a band) and a false negative.
+
+    datasketch integrates those chances with scipy's ``quad``; they are polynomials in the
+    Jaccard similarity s (``1 - (1 - s^r)^b``), integrated here by Gauss-Legendre rules on 64
+    pieces of each interval, to within rounding: the same choice wherever two candidates do not
+    tie to within the integrals' error (a test checks a grid of thresholds and sizes).
+    """
+    np = _numpy()
+    below, below_w = _quadrature(0.0, threshold)
+    above, above_w = _quadrature(threshold, 1.0)
+    false_positive_weight, false_negative_weight = weights
+    best, chosen = float("inf"), (0, 0)
+    for b in range(1, num_perm + 1):
+        r = np.arange(1, num_perm // b + 1, dtype=np.float64)[:, None]
+        false_positive = (1 - (1 - below**r) ** b) @ below_w
+        false_negative = ((1 - above**r) ** b) @ above_w
+        errors = false_positive * false_positive_weight + false_negative * false_negative_weight
+        i = int(np.argmin(errors))  # the first of equal ones, as datasketch's strict "<"
+        if errors[i] < best:
+            best, chosen = float(errors[i]), (b, i + 1)
+    return chosen
+
+
+def _quadrature(start: float, end: float, pieces: int = 64, order: int = 16) -> tuple[Any, Any]:
+    """Nodes and weights of a composite Gauss-Legendre rule on [start, end]."""
+    np = _numpy()
+    x, w = np.polynomial.legendre.leggauss(order)
+    edges = np.linspace(start, end, pieces + 1)
+    half = (edges[1:] - edges[:-1]) / 2
+    middle = (edges[1:] + edges[:-1]) / 2
+    return (middle[:, None] + half[:, None] * x).ravel(), (half[:, None] * w).ravel()
 
 
 def _fmix32(np: Any, h: np.ndarray) -> np.ndarray:

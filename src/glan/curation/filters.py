@@ -15,7 +15,7 @@ from functools import cached_property
 from typing import Any, Protocol
 
 from glan.curation.errors import CurationError
-from glan.curation.language import FastPass, LanguageDetector, prose
+from glan.curation.language import SAMPLE_CHARS, FastPass, LanguageDetector, prose
 from glan.curation.text import ngram_set, words
 from glan.languages import language_code
 
@@ -42,11 +42,13 @@ class Pair:
 
     @cached_property
     def question_prose(self) -> str:
-        return prose(self.question)
+        """The beginning of the question's prose that language identification reads."""
+        return prose(self.question, SAMPLE_CHARS)
 
     @cached_property
     def answer_prose(self) -> str:
-        return prose(self.answer)
+        """The beginning of the answer's prose that language identification reads."""
+        return prose(self.answer, SAMPLE_CHARS)
 
 
 class Filter(Protocol):
@@ -198,49 +200,56 @@ class AnswerLeak(_Check):
         """Whether the answer's opening alone has so many distinct runs that the question cannot
         hold ``overlap`` of them; the answer's words are read a piece at a time until it does.
 
-        The answer has at least as many distinct runs as distinct words starting one, so the
-        share is at most len(question runs) / that (float division is monotone: the bound holds
-        for the share as computed too). Pieces end before a space, and no word, normalisation
-        or case folding reaches across a space, so the pieces' words are the answer's words.
+        The answer has at least as many distinct runs as distinct words starting one, and the
+        question has at most as many runs as it has words less 7, so the share is at most that
+        over this (float division is monotone: the bound holds for the share as computed too).
+        Pieces end before a space, and no word, normalisation or case folding reaches across a
+        space, so the pieces' words are the answer's words. The first piece is long enough for
+        the distinct words a question of this length calls for (about 10 characters each).
         """
         answer = pair.answer
+        most = max(0, len(pair.question_words) - _LEAK_NGRAM + 1)  # >= the question's runs
+        piece = max(_LEAK_PIECE_CHARS, int(most / self.overlap) * 10)
         found: list[str] = []
         starts: set[str] = set()  # distinct first words of the runs read so far
-        question_grams: set[tuple[str, ...]] | None = None
         start = 0
         while start < len(answer):
             end = len(answer)
-            if end - start > 2 * _LEAK_PIECE_CHARS:
-                cut = answer.rfind(" ", start + 1, start + _LEAK_PIECE_CHARS)
+            if end - start > 2 * piece:
+                cut = answer.rfind(" ", start + 1, start + piece)
                 end = cut if cut > start else end
+            piece = _LEAK_PIECE_CHARS
             counted = max(0, len(found) - _LEAK_NGRAM + 1)
             found += words(answer[start:end])
             start = end
             if start < len(answer) and len(found) >= _LEAK_NGRAM:
                 starts.update(found[counted : len(found) - _LEAK_NGRAM + 1])
-                if question_grams is None:
-                    question_grams = ngram_set(pair.question_words, _LEAK_NGRAM)
-                if len(question_grams) / len(starts) < self.overlap:
+                if most / len(starts) < self.overlap:
                     return True
         pair.__dict__["answer_words"] = found  # the whole answer's words, read: keep them
         return False
 
     def judge(self, pair: Pair) -> Found | None:
-        marker = _ANSWER_MARKERS.search(pair.question)
-        if marker:
-            return {"marker": marker.group(0).strip()}
+        question = pair.question
+        # every marker has a colon or a backslash: the pattern is searched only when one is there
+        if ":" in question or "：" in question or "\\" in question:
+            marker = _ANSWER_MARKERS.search(question)
+            if marker:
+                return {"marker": marker.group(0).strip()}
         if self._ruled_out(pair):
             return None
         answer_words = pair.answer_words
         if not answer_words:
             return None
         n = min(_LEAK_NGRAM, len(answer_words))
-        question_grams = ngram_set(pair.question_words, n)
         # The answer has at least as many distinct runs as distinct words starting one, so the
-        # share is at most len(question_grams) / that: when that bound is below the threshold, the
-        # answer's runs need not be collected (most pairs). Float division is monotone, so the
-        # bound holds for the share as computed below too.
+        # share is at most the question's runs over that (and those are at most its words less
+        # n - 1): when that bound is below the threshold, no runs need be collected (most
+        # pairs). Float division is monotone, so the bound holds for the share as computed too.
         starts = len(set(answer_words[: len(answer_words) - n + 1]))
+        if max(0, len(pair.question_words) - n + 1) / starts < self.overlap:
+            return None
+        question_grams = ngram_set(pair.question_words, n)
         if len(question_grams) / starts < self.overlap:
             return None
         answer_grams = ngram_set(answer_words, n)
@@ -266,6 +275,8 @@ class WrongLanguage(_Check):
         self.detector = LanguageDetector()
         self.fast = FastPass()
         self.confidence = confidence
+        if min_chars > SAMPLE_CHARS:  # Pair reads only the beginning of the prose
+            raise ValueError(f"min_chars is at most {SAMPLE_CHARS}")
         self.min_chars = min_chars
         self.fixed = None if language is None else self._code(language, "--language")
         self._codes: dict[str | None, str] = {}

@@ -8,11 +8,12 @@ export and report use only this face and never ask which kind they hold.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from glan.run.parts import RunFilesError, StateDir
+from glan.run.reader import OutputReader
 from glan.run.store import DB_NAME, Store, StoreError
 
 ENGINE_META = "engine"  # glan.db meta key: "ray" for a Ray run
@@ -59,6 +60,19 @@ class Run(Protocol):
         ...
 
     def row_id(self, seq: int) -> str | None: ...
+
+    def reader(self) -> OutputReader | None:
+        """Rows by number for another process to read on its own (``rows(first, last)``), or
+        None when only ``rows`` reads them."""
+        ...
+
+    def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        """{seq: id} of these rows (those that exist), looked up together."""
+        ...
+
+    def questions_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        """{seq: question} of these rows (those that exist; "" for a row without one)."""
+        ...
 
     def question_of(self, row_id: str) -> str:
         """The question of the row with this id ("" when there is none)."""

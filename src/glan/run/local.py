@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from glan.run.jsonl import OUTPUT_NAME
+from glan.run.reader import OutputReader
 from glan.run.store import Store
 
 
@@ -55,6 +56,15 @@ class LocalRun:
 
     def row_id(self, seq: int) -> str | None:
         return self.store.output_id(seq)
+
+    def reader(self) -> OutputReader:
+        return OutputReader(self.store.path)
+
+    def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        return self.store.outputs_at(seqs)
+
+    def questions_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        return self.store.outputs_at(seqs, questions=True)
 
     def question_of(self, row_id: str) -> str:
         return self.store.question("id", row_id)

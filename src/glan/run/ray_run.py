@@ -9,9 +9,10 @@ one, so numbers never change and new pairs always come last.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 INDEX_NAME = "rows-index.db"
+_LOOKUP_BATCH = 5000  # rows looked up by number in one query
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS parts (ordinal INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS rows (
@@ -91,6 +93,15 @@ class RayRun:
 
     def row_id(self, seq: int) -> str | None:
         return self.index.row_id(seq)
+
+    def reader(self) -> None:
+        return None  # rows are found part by part, through the index: rows() reads them
+
+    def ids_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        return self.index.at(seqs, "id")
+
+    def questions_at(self, seqs: Sequence[int]) -> dict[int, str]:
+        return self.index.at(seqs, "question")
 
     def question_of(self, row_id: str) -> str:
         return self.index.question("id", row_id)
@@ -174,6 +185,20 @@ class RowIndex:
     def row_id(self, seq: int) -> str | None:
         row = self.db.execute("SELECT id FROM rows WHERE seq = ?", (seq,)).fetchone()
         return row[0] if row else None
+
+    def at(self, seqs: Sequence[int], column: str) -> dict[int, str]:
+        """{seq: id or question} of these rows, in one query per few thousand."""
+        assert column in ("id", "question")
+        found: dict[int, str] = {}
+        for start in range(0, len(seqs), _LOOKUP_BATCH):
+            wanted = json.dumps(list(seqs[start : start + _LOOKUP_BATCH]))
+            found.update(
+                self.db.execute(
+                    f"SELECT seq, {column} FROM rows WHERE seq IN (SELECT value FROM json_each(?))",
+                    (wanted,),
+                )
+            )
+        return found
 
     def close(self) -> None:
         self.db.close()

@@ -3,8 +3,12 @@ longer conversation superseded (``Store`` inherits it)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import orjson
+
+_LOOKUP_BATCH = 5000  # rows looked up by number in one query
 
 
 class Rows:
@@ -73,6 +77,24 @@ class Rows:
             (value,),
         ).fetchone()
         return str(row[0] or "") if row else ""
+
+    def outputs_at(self, out_seqs: Sequence[int], *, questions: bool = False) -> dict[int, str]:
+        """{out_seq: id} of these output rows (their questions instead, with ``questions``), in
+        one query per few thousand."""
+        column = "id"
+        if questions:
+            column = "COALESCE(json_extract(result, '$.messages[0].content'), '')"
+        found: dict[int, str] = {}
+        for start in range(0, len(out_seqs), _LOOKUP_BATCH):
+            wanted = orjson.dumps(list(out_seqs[start : start + _LOOKUP_BATCH])).decode()
+            found.update(
+                self.db.execute(
+                    f"SELECT out_seq, {column} FROM nodes"
+                    " WHERE out_seq IN (SELECT value FROM json_each(?))",
+                    (wanted,),
+                )
+            )
+        return found
 
     def output_id(self, out_seq: int) -> str | None:
         row = self.db.execute("SELECT id FROM nodes WHERE out_seq = ?", (out_seq,)).fetchone()
