@@ -17,8 +17,9 @@ import legacy_curation as legacy
 from glan.curation import CurateConfig, CurationError, curate, runner
 from glan.curation import filters as fast
 from glan.curation.decontaminate import load_benchmarks
-from glan.curation.dedup import NearDuplicates, lsh_params, minhash_permutations
+from glan.curation.dedup import NearDuplicates
 from glan.curation.language import prose
+from glan.curation.minhash import lsh_params, minhash_permutations
 from glan.curation.text import normalise, words
 from glan.testing.fake_teacher import _prose, _sentence
 from test_curation import make_run, pair, removed
