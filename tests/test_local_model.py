@@ -92,7 +92,7 @@ def test_a_grammar_server_gets_a_schema_without_empty_lists_or_strings():
 
 
 def test_the_bundled_models_replies_are_capped_unless_the_config_sets_them(tmp_path):
-    from glan.cli.generate import BUNDLED_MAX_TOKENS, capped_for_the_bundled_model
+    from glan.cli.local_model import BUNDLED_MAX_TOKENS, capped_for_the_bundled_model
     from glan.config import GenerateConfig
 
     capped = capped_for_the_bundled_model(GenerateConfig())

@@ -31,7 +31,7 @@ from glan.loop.examples import (
     encode,
     read_export,
 )
-from glan.loop.train import TrainSettings, plan
+from glan.loop.schedule import TrainSettings, plan
 from glan.testing.fake_teacher import FakeTeacher
 from inprocess import run_glan
 from test_cli_errors import one_line

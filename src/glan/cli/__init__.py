@@ -3,7 +3,9 @@
 ``generate`` (generate, estimate), ``check``, ``status``, ``judge``, ``curate``, ``publish``
 (export, report), ``evaluate`` (eval), ``train``, ``taxonomy`` (a package: build, review, edit,
 show) and ``prompts``; the modules mirror the packages of ``glan`` they drive. What they
-share, above all the one way a command fails, is in ``common``.
+share, above all the one way a command fails, is in ``common``; the options of a run and the
+config they make in ``run_options``, a run's plan and its confirmation in ``plan``, and
+``--local-model``'s server in ``local_model``.
 """
 
 from __future__ import annotations

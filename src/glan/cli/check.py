@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from glan.cli.common import command, fail, option, out, setup_logging, takes, user_errors
-from glan.cli.generate import local_teacher
+from glan.cli.local_model import local_teacher
 from glan.config import GenerateConfig, resolve_endpoint
 from glan.llm.probe import ProbeReport, probe
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from glan.cli.common import RUN, command, err, option, require_run, takes, user_errors
-from glan.cli.generate import RUN_OPTIONS, run_config
+from glan.cli.run_options import RUN_OPTIONS, run_config
 from glan.loop.eval import EvalPlan, EvalResult, Side, evaluate
 
 _TAKES = (

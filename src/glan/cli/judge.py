@@ -7,7 +7,7 @@ from typing import Any
 import typer
 
 from glan.cli.common import RUN, command, err, option, require_run, takes, user_errors
-from glan.cli.generate import RUN_OPTIONS, run_config
+from glan.cli.run_options import RUN_OPTIONS, run_config
 from glan.cli.status import print_review
 from glan.config import GenerateConfig
 from glan.quality import judge

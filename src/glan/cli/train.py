@@ -24,7 +24,8 @@ from glan.cli.common import (
     takes,
     user_errors,
 )
-from glan.loop.train import MIN_STEPS_PER_EPOCH, TrainSettings, train
+from glan.loop.schedule import MIN_STEPS_PER_EPOCH, TrainSettings
+from glan.loop.train import train
 
 NAMES = {"learning_rate": "lr"}  # the option of each field that is named otherwise
 
