@@ -14,6 +14,7 @@ import pytest
 
 from glan.curation import CurateConfig, curate
 from glan.run import open_run
+from glan.run.store import Store
 from test_curation import make_run, removed
 from test_curation_equivalence import planted_rows
 from test_ray_run_files import to_ray
@@ -104,3 +105,20 @@ def test_the_reviews_thresholds_apply_on_ray_as_here(cluster, planted, tmp_path,
     on_ray = curate(run, CurateConfig(min_score=6, engine="ray"))
     assert removed(run) == expected
     assert on_ray.counts == here.counts and here.counts["low_score"] > 0
+
+
+def test_a_run_generated_on_a_cluster_is_curated_on_it_by_default(cluster, planted, tmp_path):
+    local, _ = planted
+    run = tmp_path / "ray"
+    to_ray(local, run)
+    here = curate(run)  # made on one machine (no cluster address): this machine's processes
+    expected = removed(run)
+    assert here.config["engine"] == "local"
+    store = Store.open(run)
+    try:
+        store.log_invocation({"engine": "ray", "ray": {"address": cluster}})
+    finally:
+        store.close()
+    there = curate(run)
+    assert (there.config["engine"], there.config["ray_address"]) == ("ray", cluster)
+    assert removed(run) == expected and there.counts == here.counts

@@ -161,7 +161,7 @@ CURATE_OPTIONS = [
         "engine",
         str,
         default=CURATE_DEFAULTS.engine,
-        help='local: processes on this machine (--workers). ray: Ray Data over the run\'s rows on a Ray cluster, the same removals (pip install "glan\\[ray]"); for a local run, Ray on this machine or a shared filesystem.',
+        help='local: processes on this machine (--workers). ray: Ray Data over the run\'s rows on a Ray cluster, the same removals (pip install "glan\\[ray]"); for a local run, Ray on this machine or a shared filesystem. auto: ray for a run generated on a Ray cluster (on that cluster), local otherwise.',
     ),
     option(
         "ray_address",

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from glan.curation.dedup import Deduper, DedupKeys
-from glan.curation.errors import require
+from glan.curation.errors import CurationError, require
 from glan.curation.screen import Screener, row_item
 
 if TYPE_CHECKING:
@@ -308,11 +308,17 @@ def _start_ray(address: str | None) -> None:
     from ray.data import DataContext
 
     if not ray.is_initialized():
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+        try:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+        except (ConnectionError, RuntimeError) as error:
+            raise CurationError(
+                f"cannot join the Ray cluster at {address}: {error}; run glan curate on a"
+                " machine of that cluster, pass --ray-address, or --engine local"
+            ) from None
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     DataContext.get_current().enable_progress_bars = False

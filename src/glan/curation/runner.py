@@ -52,7 +52,7 @@ from glan.curation.screen import (
     start_worker,
 )
 from glan.curation.text import normalise
-from glan.run import Run, is_run, open_run
+from glan.run import ENGINE_META, Run, is_run, open_run
 from glan.run.curation import CurationLog, CurationRun
 from glan.run.lock import run_lock
 from glan.run.parts import StateDir
@@ -113,8 +113,9 @@ class CurateConfig(BaseModel):
     min_agreement: float | None = Field(default=None, ge=0, le=1)  # share of samples agreeing
     # speed
     workers: int | None = Field(default=None, ge=1)  # screening processes; None: every core
-    # where: this machine's processes, or Ray Data on a Ray cluster (workers: its actors)
-    engine: Literal["local", "ray"] = "local"
+    # where: this machine's processes, or Ray Data on a Ray cluster (workers: its actors);
+    # auto: Ray for a run generated on a Ray cluster, this machine otherwise (see ``where``)
+    engine: Literal["auto", "local", "ray"] = "auto"
     ray_address: str | None = None  # with engine ray: the cluster to join; None: start Ray here
 
 
@@ -139,6 +140,7 @@ def curate(
 def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None) -> CurationRun:
     run = open_run(run_dir, write=True)
     try:
+        config = where(run, config)
         # Benchmarks and filters are loaded before anything is written: a bad file fails first.
         screener = Screener(config)
         reviews = _reviews(run, config)
@@ -167,6 +169,19 @@ def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None
         return result
     finally:
         run.close()
+
+
+def where(run: Run, config: CurateConfig) -> CurateConfig:
+    """``config`` with ``engine: auto`` settled: Ray Data on the cluster a Ray run was generated
+    on (its rows are where that cluster reads them), else this machine's processes; a Ray run
+    made on one machine is screened faster here (Ray takes seconds to start)."""
+    if config.engine != "auto":
+        return config
+    made = run.store.last_invocation().get("ray") or {}
+    cluster = made.get("address") if run.store.get_meta(ENGINE_META) == "ray" else None
+    if cluster is None:
+        return config.model_copy(update={"engine": "local"})
+    return config.model_copy(update={"engine": "ray", "ray_address": config.ray_address or cluster})
 
 
 def _screen_here(
