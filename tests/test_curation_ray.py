@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from conftest import closed_port, run_cli
 from glan.curation import CurateConfig, curate
 from glan.run import open_run
 from glan.run.store import Store
@@ -122,3 +123,17 @@ def test_a_run_generated_on_a_cluster_is_curated_on_it_by_default(cluster, plant
     there = curate(run)
     assert (there.config["engine"], there.config["ray_address"]) == ("ray", cluster)
     assert removed(run) == expected and there.counts == here.counts
+
+
+def test_a_cluster_it_cannot_join_is_one_line_and_changes_nothing(planted, tmp_path):
+    local, _ = planted
+    run = tmp_path / "local"
+    shutil.copytree(local, run)
+    curate(run, CurateConfig(engine="local"))
+    before = removed(run)
+    address = f"127.0.0.1:{closed_port()}"
+    result = run_cli("curate", str(run), "--engine", "ray", "--ray-address", address, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"cannot reach the Ray cluster at {address}" in result.stderr
+    assert "--engine local" in result.stderr
+    assert removed(run) == before  # the curation in force is still the one before

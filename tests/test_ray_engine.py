@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import API_KEY, cli_env, read_rows, write_config
+from conftest import API_KEY, cli_env, closed_port, read_rows, write_config
 from glan import api
 from glan.config import ConfigError
 from glan.ids import canonical_bytes
@@ -266,6 +266,16 @@ def test_pools_that_cannot_fit_are_refused_not_waited_for(cluster, tmp_path, mak
     config = ray_config(make_config, ray={"workers": 4, "worker_cpus": 0.5})
     with pytest.raises(ConfigError, match=r"need 4\.25 CPUs; the Ray cluster has 2"):
         api.generate(config, tmp_path, progress="none")
+
+
+def test_a_cluster_that_does_not_answer_is_one_line_before_anything_is_spent(
+    tmp_path, teacher, make_config
+):
+    address = f"127.0.0.1:{closed_port()}"
+    config = ray_config(make_config, ray={"address": address})
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at {address}"):
+        api.generate(config, tmp_path / "run", progress="none")
+    assert teacher.request_count == 0
 
 
 def test_the_workers_keep_to_the_runs_cost_cap(cluster, tmp_path, teacher, make_config):

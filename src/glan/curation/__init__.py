@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 from glan.curation.errors import CurationError, MissingExtraError
 
 if TYPE_CHECKING:
-    from glan.curation.runner import REASONS, CurateConfig, curate
+    from glan.curation.config import CurateConfig
+    from glan.curation.runner import REASONS, curate
     from glan.run.curation import CuratedRows, CurationLog, CurationRun, Removal
 
 # Imported when first used, so a screening worker imports only the checks (see glan/__init__.py).
 _WHERE = {
     "REASONS": "glan.curation.runner",
-    "CurateConfig": "glan.curation.runner",
+    "CurateConfig": "glan.curation.config",
     "curate": "glan.curation.runner",
     "CuratedRows": "glan.run.curation",
     "CurationLog": "glan.run.curation",

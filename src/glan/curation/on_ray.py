@@ -19,7 +19,6 @@ duplicate or have one). Memory per actor holds one task's rows (a part: about 10
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -32,8 +31,8 @@ from glan.curation.errors import CurationError, require
 from glan.curation.screen import Screener, row_item
 
 if TYPE_CHECKING:
+    from glan.curation.config import CurateConfig
     from glan.curation.decontaminate import BenchmarkIndex
-    from glan.curation.runner import CurateConfig
     from glan.run import Run
 
 Found = dict[str, Any]
@@ -303,22 +302,10 @@ def _picked(batch: pa.Table, seqs: np.ndarray) -> pa.Table:
 
 
 def _start_ray(address: str | None) -> None:
-    """Join the cluster at ``address`` (or start Ray on this machine), quietly."""
-    import ray
-    from ray.data import DataContext
+    from glan.config import ConfigError
+    from glan.engine.ray.connect import start_ray
 
-    if not ray.is_initialized():
-        try:
-            ray.init(
-                address=address,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                log_to_driver=False,
-            )
-        except (ConnectionError, RuntimeError) as error:
-            raise CurationError(
-                f"cannot join the Ray cluster at {address}: {error}; run glan curate on a"
-                " machine of that cluster, pass --ray-address, or --engine local"
-            ) from None
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-    DataContext.get_current().enable_progress_bars = False
+    try:
+        start_ray(address)
+    except ConfigError as error:
+        raise CurationError(f"{error}; or curate on this machine with --engine local") from None

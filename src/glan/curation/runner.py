@@ -34,12 +34,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from glan.curation.decontaminate import DEFAULT_FIELDS
+from glan.curation.config import CurateConfig
 from glan.curation.dedup import Deduper, NearDuplicates
 from glan.curation.errors import CurationError
 from glan.curation.screen import (
@@ -82,43 +81,6 @@ _DEDUP_BATCH = 1024  # questions whose MinHashes are computed together
 Progress = Callable[[int, int], None]  # (pairs seen, pairs removed)
 
 
-class CurateConfig(BaseModel):
-    """What ``glan curate`` checks; every filter can be turned off or tuned."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # decontamination
-    benchmarks: list[str] = []
-    benchmark_fields: list[str] = list(DEFAULT_FIELDS)
-    ngram: int = Field(default=13, ge=1)
-    min_benchmark_words: int = Field(default=8, ge=1)
-    # dedup
-    dedup: bool = True
-    near_dup: bool = True
-    near_dup_threshold: float = Field(default=0.8, gt=0, le=1)
-    shingle: int = Field(default=5, ge=1)
-    num_perm: int = Field(default=128, ge=16, le=1024)
-    # filters
-    min_question_chars: int = Field(default=10, ge=0)
-    min_answer_chars: int = Field(default=20, ge=0)
-    drop_truncated: bool = True
-    drop_refusals: bool = True
-    refusal_patterns: list[str] = []
-    drop_leaks: bool = True
-    leak_overlap: float = Field(default=0.5, gt=0, le=1)
-    language: str | None = None  # None: each row's meta.language (else English); "any": no check
-    language_confidence: float = Field(default=0.9, ge=0, le=1)
-    # the review (glan judge): pairs not judged or not verified are kept
-    min_score: float | None = Field(default=None, ge=1, le=10)  # the judge's overall score
-    min_agreement: float | None = Field(default=None, ge=0, le=1)  # share of samples agreeing
-    # speed
-    workers: int | None = Field(default=None, ge=1)  # screening processes; None: every core
-    # where: this machine's processes, or Ray Data on a Ray cluster (workers: its actors);
-    # auto: Ray for a run generated on a Ray cluster, this machine otherwise (see ``where``)
-    engine: Literal["auto", "local", "ray"] = "auto"
-    ray_address: str | None = None  # with engine ray: the cluster to join; None: start Ray here
-
-
 def curate(
     run_dir: str | Path, config: CurateConfig | None = None, *, progress: Progress | None = None
 ) -> CurationRun:
@@ -147,15 +109,16 @@ def _curate(run_dir: str | Path, config: CurateConfig, progress: Progress | None
         log = CurationLog(run.store)
         through = run.last_seq()
         run_id = log.start(config.model_dump(mode="json"), through)
-        tally = _Tally(progress)
+        tally = _Tally(progress, log, run_id)
         deduper = _deduper(run, through, config, screener)
+        one = _Pass(run, through, config, screener, reviews, deduper, tally)
         if config.engine == "ray":
-            _screen_on_ray(run, through, config, screener, reviews, deduper, log, run_id, tally)
+            _screen_on_ray(one)
         else:
-            _screen_here(run, through, config, screener, reviews, deduper, log, run_id, tally)
+            _screen_here(one)
         if deduper is not None:
             for seq, row_id, reason, matched in _dedup(run, deduper):
-                tally.remove(log, run_id, row_id, seq, reason, matched)
+                tally.remove(row_id, seq, reason, matched)
         log.finish(
             run_id,
             rows_in=tally.seen,
@@ -184,67 +147,62 @@ def where(run: Run, config: CurateConfig) -> CurateConfig:
     return config.model_copy(update={"engine": "ray", "ray_address": config.ray_address or cluster})
 
 
-def _screen_here(
-    run: Run,
-    through: int,
-    config: CurateConfig,
-    screener: Screener,
-    reviews: dict[str, Review],
-    deduper: Deduper | None,
-    log: CurationLog,
-    run_id: int,
-    tally: _Tally,
-) -> None:
+@dataclass
+class _Pass:
+    """One curation: the rows it reads (up to ``through``), how it judges them, and the tally
+    its removals are recorded through."""
+
+    run: Run
+    through: int
+    config: CurateConfig
+    screener: Screener
+    reviews: dict[str, Review]
+    deduper: Deduper | None
+    tally: _Tally
+
+
+def _screen_here(one: _Pass) -> None:
     """Screen on this machine (a pool of processes), recording removals as they come, and give
     dedup the keys of the rows that stay."""
-    with contextlib.closing(screen(run, through, config, screener, tally)) as chunks:
+    chunks = screen(one.run, one.through, one.config, one.screener, one.tally)
+    with contextlib.closing(chunks):
         for keys, screened in chunks:
             gone = set()
             for i, reason, found in screened.verdicts:
                 gone.add(i)
-                tally.remove(log, run_id, keys[i][1], keys[i][0], reason, found)
+                one.tally.remove(keys[i][1], keys[i][0], reason, found)
             # the rest, and their dedup keys (in the same order), less the review's removals
             staying = [key for i, key in enumerate(keys) if i not in gone]
             kept = list(range(len(staying)))
-            if reviews:
+            if one.reviews:
                 kept = []
                 for j, (seq, row_id) in enumerate(staying):
-                    verdict = _reviewed(reviews, config, row_id)
+                    verdict = _reviewed(one.reviews, one.config, row_id)
                     if verdict is None:
                         kept.append(j)
                     else:
-                        tally.remove(log, run_id, row_id, seq, *verdict)
-            if deduper is not None and screened.keys is not None:
-                deduper.add([staying[j][0] for j in kept], screened.keys.take(kept))
+                        one.tally.remove(row_id, seq, *verdict)
+            if one.deduper is not None and screened.keys is not None:
+                one.deduper.add([staying[j][0] for j in kept], screened.keys.take(kept))
 
 
-def _screen_on_ray(
-    run: Run,
-    through: int,
-    config: CurateConfig,
-    screener: Screener,
-    reviews: dict[str, Review],
-    deduper: Deduper | None,
-    log: CurationLog,
-    run_id: int,
-    tally: _Tally,
-) -> None:
+def _screen_on_ray(one: _Pass) -> None:
     """``_screen_here`` as Ray Data (see ``on_ray.py``): the review's removals are decided here
     and applied by the actors to the rows screening keeps; only the rows that share a dedup key
     with another come back with their keys."""
     from glan.curation.on_ray import screen_on_ray
 
     reviewed = {}
-    for row_id in reviews:
-        verdict = _reviewed(reviews, config, row_id)
+    for row_id in one.reviews:
+        verdict = _reviewed(one.reviews, one.config, row_id)
         if verdict is not None:
             reviewed[row_id] = verdict
-    screening = screen_on_ray(run, through, config, screener, reviewed)
-    tally.seen = screening.seen
+    screening = screen_on_ray(one.run, one.through, one.config, one.screener, reviewed)
+    one.tally.seen = screening.seen
     for seq, row_id, reason, found in screening.removals():
-        tally.remove(log, run_id, row_id, seq, reason, found)
-    if deduper is not None:
-        screening.colliding(deduper)
+        one.tally.remove(row_id, seq, reason, found)
+    if one.deduper is not None:
+        screening.colliding(one.deduper)
 
 
 def _deduper(run: Run, through: int, config: CurateConfig, screener: Screener) -> Deduper | None:
@@ -410,10 +368,13 @@ def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 
 
 class _Tally:
-    """Removals by reason, and progress every ``_PROGRESS_EVERY`` pairs."""
+    """Removals by reason, recorded in the curation log as they are found, and progress every
+    ``_PROGRESS_EVERY`` pairs."""
 
-    def __init__(self, progress: Progress | None) -> None:
+    def __init__(self, progress: Progress | None, log: CurationLog, run_id: int) -> None:
         self.progress = progress
+        self.log = log
+        self.run_id = run_id
         self.counts: Counter[str] = Counter()
         self.seen = 0
 
@@ -421,11 +382,9 @@ class _Tally:
     def removed(self) -> int:
         return sum(self.counts.values())
 
-    def remove(
-        self, log: CurationLog, run_id: int, row_id: str, seq: int, reason: str, matched: Any
-    ) -> None:
+    def remove(self, row_id: str, seq: int, reason: str, matched: Any) -> None:
         self.counts[reason] += 1
-        log.remove(run_id, row_id, seq, reason, matched)
+        self.log.remove(self.run_id, row_id, seq, reason, matched)
 
     def saw(self, chunk: tuple[Rows, Screened]) -> tuple[Rows, Screened]:
         """Count a chunk's rows as seen (and report progress every ``_PROGRESS_EVERY``)."""

@@ -31,7 +31,7 @@ from glan.curation.filters import (
 from glan.curation.text import normalise
 
 if TYPE_CHECKING:
-    from glan.curation.runner import CurateConfig
+    from glan.curation.config import CurateConfig
 
 Found = dict[str, Any]
 Verdict = tuple[int, str, Found]  # (position in the chunk, reason, what was found)

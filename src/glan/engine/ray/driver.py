@@ -27,6 +27,7 @@ from glan.costs.budget import UNBOUNDED_REPLY, Budget, worst_case
 from glan.costs.prices import PriceTable
 from glan.costs.progress import RunStats
 from glan.engine.local import Display, Limits, LocalEngine
+from glan.engine.ray.connect import check_reachable, start_ray
 from glan.engine.ray.workers import Meter, StageWorker, dump_node, expand_specs
 from glan.engine.teacher import Client
 from glan.items import Item, NewItem
@@ -101,6 +102,7 @@ class RayEngine:
         return self.narrow.capped or self.wide_capped
 
     async def run(self) -> None:
+        check_reachable(self.config.ray.address)  # before the narrow stages spend anything
         self.display.start()
         try:
             await self.narrow.run()
@@ -287,27 +289,10 @@ class _Refreshing:
 
 
 def _start_ray(options: RayOptions) -> None:
-    # Ray starts itself on first use; after Ctrl-C has shut it down, the thread still waiting on
-    # the job would start a new one and carry on asking. (The switch is read at import.)
-    with contextlib.suppress(ImportError, AttributeError):
-        from ray._private import auto_init_hook
-
-        auto_init_hook.enable_auto_connect = False
-    if not ray.is_initialized():
-        ray.init(
-            address=options.address,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
-    # glan's display shows the stages, and what stops a job reaches the user as its exception:
-    # Ray Data's bars, and its logs of the same exception with Ray's traceback, would be noise.
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    start_ray(options.address)
     warnings.filterwarnings("ignore", message="The minimum number of concurrent actors")
     _check_room(options)
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.target_max_block_size = BLOCK_BYTES
+    DataContext.get_current().target_max_block_size = BLOCK_BYTES
 
 
 def _check_room(options: RayOptions) -> None:
