@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import warnings
 
 from glan.config import ConfigError
 
@@ -27,11 +28,14 @@ def start_ray(address: str | None) -> None:
         auto_init_hook.enable_auto_connect = False
     if not ray.is_initialized():
         check_reachable(address)
+        # Ray's notes to its operators (token auth, Ray Data's tuning hints) read as trouble on
+        # a user's terminal; Ray's own logs keep them
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"ray\.data")
         try:
             ray.init(
                 address=address,
                 include_dashboard=False,
-                logging_level=logging.WARNING,
+                logging_level=logging.ERROR,
                 log_to_driver=False,
             )
         except (ConnectionError, RuntimeError, ValueError) as error:
