@@ -101,10 +101,12 @@ class Items(Protocol):
 def reviews(store: Items) -> dict[str, Review]:
     """Every reviewed row's ``Review``, by row id: the latest judgement (of the judge model used
     last) and the agreement of its samples so far."""
-    judged: dict[str, Item] = {}
+    # only the verdicts are kept (an item holds its row's messages too): a review of millions of
+    # rows stays within memory
+    judged: dict[str, dict[str, Any]] = {}
     where: dict[str, tuple[str | None, str | None]] = {}  # row id -> (field, discipline)
     for item in store.nodes("judgement", "done"):
-        judged[item.data["row_id"]] = item  # nodes come in insertion order: the latest wins
+        judged[item.data["row_id"]] = item.result  # in insertion order: the latest wins
         where[item.data["row_id"]] = (item.data.get("field"), item.data.get("discipline"))
     latest: dict[str, str] = {}  # row id -> its verification of the model used last
     for item in store.nodes("verification"):
@@ -117,7 +119,7 @@ def reviews(store: Items) -> dict[str, Review]:
             samples[rows[item.parent_id]].append({"index": item.data["index"], **item.result})
     found: dict[str, Review] = {}
     for row_id in judged.keys() | samples.keys():
-        verdict = judged[row_id].result if row_id in judged else None
+        verdict = judged.get(row_id)
         ordered = sorted(samples.get(row_id, []), key=lambda s: s["index"])
         found[row_id] = Review(
             *where.get(row_id, (None, None)),
