@@ -16,9 +16,8 @@ import pytest
 from conftest import API_KEY, cli_env, read_rows, write_config
 from glan import api
 from glan.config import GenerateConfig
-from glan.costs.budget import UNBOUNDED_REPLY, Budget, CapReached, worst_case
+from glan.costs.budget import UNBOUNDED_REPLY, Budget, CapReached, answer_sequel, worst_case
 from glan.costs.prices import Price, PriceTable
-from glan.engine.ray.driver import answer_hold
 from glan.engine.ray.workers import Meter
 from glan.items import Item
 from glan.llm.types import ChatRequest
@@ -196,29 +195,57 @@ async def test_the_budget_waits_for_room_then_refuses():
     assert budget.exhausted and budget.spent == pytest.approx(0.6)
 
 
-async def test_on_ray_a_question_is_asked_only_while_its_answer_fits_too():
-    """The question and answer pools spend one budget at once: without room held for its
-    answer, questions alone could spend the cap and leave not one pair."""
-    meter = Meter({}, PriceTable(models={}), cap=(1.0, 0.0), answer_hold=0.3)
-    assert await meter.reserve_spend(0.2, "question")  # 0.2 in flight, 0.3 held
-    meter.settle_spend(0.2, 0.1)
-    assert await meter.reserve_spend(0.2, "question")  # 0.1 + 0.3 + 0.2 + 0.3 fits in 1.0
-    meter.settle_spend(0.2, 0.1)
-    assert not await meter.reserve_spend(0.2, "question")  # 0.2 + 0.6 + 0.2 + 0.3 does not
-    assert meter.capped()
+async def test_a_question_is_asked_only_while_its_answer_fits_too():
+    """Questions whose answers the cap cannot pay for would be money for nothing: each holds
+    the room of its answer until the answer reserves its own."""
+    budget = Budget(cap=1.0, sequels={"question": ("answer", 0.3)})
+    await budget.reserve(0.2, "question")  # 0.2 in flight, 0.3 held
+    budget.settle(0.2, 0.1)
+    await budget.reserve(0.2, "question")  # 0.1 + 0.3 + 0.2 + 0.3 fits in 1.0
+    budget.settle(0.2, 0.1)
+    with pytest.raises(CapReached):  # 0.2 + 0.6 + 0.2 + 0.3 does not
+        await budget.reserve(0.2, "question")
     for _ in range(2):  # yet both answers are asked: each takes its question's hold
-        assert await meter.reserve_spend(0.3, "answer")
-        meter.settle_spend(0.3, 0.2)
-    assert meter.budget is not None and meter.budget.spent == pytest.approx(0.6)
+        await budget.reserve(0.3, "answer")
+        budget.settle(0.3, 0.2)
+    assert budget.spent == pytest.approx(0.6) and budget.held == 0
 
 
-def test_the_answer_hold_covers_the_answer_to_the_longest_question(make_config):
+async def test_on_ray_the_meter_holds_the_answers_room_for_every_worker():
+    meter = Meter({}, PriceTable(models={}), cap=(1.0, 0.0, {"question": ("answer", 0.3)}))
+    assert await meter.reserve_spend(0.5, "question")
+    meter.settle_spend(0.5, 0.4)
+    assert not await meter.reserve_spend(0.1, "question")  # 0.4 + 0.3 + 0.1 + 0.3 > 1
+    assert meter.capped() and await meter.reserve_spend(0.3, "answer")
+
+
+def test_the_answers_room_covers_the_answer_to_the_longest_question(make_config):
     config = make_config(stages={"question": {"max_tokens": 100}, "answer": {"max_tokens": 50}})
     table = PriceTable(models={"teacher-small": Price(input=1.0, output=10.0)})
     stage = Pipeline(config).stages["answer"]
     question = Item("q", "question", None, "", 0, {}, result={"question": "word " * 70})
     request = stage.request(Item("a", "answer", "q", "", 0, {}), question)
-    assert 0 < worst_case(table, request) <= answer_hold(config, table)
+    answer, hold = answer_sequel(config, table)["question"]
+    assert answer == "answer" and 0 < worst_case(table, request) <= hold
+
+
+@pytest.mark.parametrize("concurrency", [8, 32])
+@pytest.mark.parametrize("share", [0.3, 0.6])
+def test_a_capped_run_pays_for_no_question_it_cannot_answer(
+    tmp_path, teacher, make_config, concurrency, share
+):
+    """All 20 questions fit in one wave of 32: without the answers' room held, they spent the
+    whole cap and the run wrote no pair."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(PRICES, encoding="utf-8")
+    sized = {"prices": prices, "stages": TIGHT, "questions_per_syllabus": 5}
+    full = api.generate(make_config(**sized), tmp_path / "full", progress="none")
+    narrow = full.stages["subjects"].cost + full.stages["syllabus"].cost
+    cap = narrow + (full.cost - narrow) * share
+    run = make_config(**sized, max_cost=cap, concurrency=concurrency)
+    capped = api.generate(run, tmp_path / "run", progress="none")
+    assert capped.capped and 0 < capped.cost <= cap
+    assert 0 < capped.rows == capped.stages["answer"].done == capped.stages["question"].done
 
 
 def test_the_worst_case_of_a_request_is_its_prompt_and_max_tokens():

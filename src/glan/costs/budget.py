@@ -8,16 +8,25 @@ to come back (their real cost is almost always far below their worst case), and 
 nothing is in flight and it still does not fit: the engine then starts nothing new, lets what is
 in flight finish and be stored, and the run stops, within one request's worst case of the cap.
 The items that were not finished stay pending, so a later run with a higher cap continues them.
+
+A question is worth nothing without its answer: a question is asked only while the worst case of
+its answer fits too, and that room stays held until the answer reserves its own (``sequels``).
+Without it, the questions of a first wave (or Ray's question pool, running beside the answers')
+could spend the whole cap and leave not one pair.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Protocol
 
-from glan.config import ConfigError
+from glan.config import ConfigError, GenerateConfig
 from glan.costs.prices import PriceTable
+from glan.items import Item
+from glan.llm.batch.client import ORIGIN
 from glan.llm.types import ChatRequest, ChatResponse
+from glan.stages.pipeline import Pipeline
 
 # The reply a request without max_tokens is assumed to be able to reach, in tokens.
 UNBOUNDED_REPLY = 16_384
@@ -30,11 +39,17 @@ class CapReached(Exception):
     """A request does not fit under the cap: its item stays pending for a later run."""
 
 
+Sequels = Mapping[str, tuple[str, float]]  # stage -> (the stage that answers it, its worst case)
+
+
 class Budget:
     """The cap of one run, and what is spent and set aside against it (one event loop)."""
 
-    def __init__(self, cap: float, spent: float = 0.0) -> None:
+    def __init__(self, cap: float, spent: float = 0.0, sequels: Sequels | None = None) -> None:
         self.cap = cap
+        self.sequels = dict(sequels or {})
+        self._holds = {stage: hold for stage, (_, hold) in self.sequels.items()}
+        self._releases = {answer: hold for answer, hold in self.sequels.values()}
         self.spent = spent  # USD: the run directory's spend before this run, and this run's
         self.reserved = 0.0  # USD: the worst case of the requests in flight
         self.held = 0.0  # USD: room promised to requests that will follow those already sent
@@ -46,10 +61,14 @@ class Budget:
     def fits(self, amount: float) -> bool:
         return self.spent + self.reserved + self.held + amount <= self.cap * (1 + 1e-12)
 
-    async def reserve(self, amount: float, hold: float = 0.0) -> None:
-        """Set ``amount`` aside for a request, once it fits; CapReached when it cannot.
-        ``hold``: room kept, beyond the request, for the one that must follow it (until
-        ``release``), so the cap never pays for work whose sequel it cannot afford."""
+    async def reserve(self, amount: float, stage: str | None = None) -> None:
+        """Set ``amount`` aside for a request of ``stage``, once it fits; CapReached when it
+        cannot. A stage with a sequel also holds the room of its answer; the answer takes that
+        room back first. (A retried answer gives back a second hold, and a question that fails
+        for good keeps its own: either can stop the run a little early, never past the cap.)"""
+        if stage in self._releases:
+            self.held = max(0.0, self.held - self._releases[stage])
+        hold = self._holds.get(stage, 0.0) if stage is not None else 0.0
         while not self.fits(amount + hold):
             if self.in_flight == 0:
                 self.exhausted = True
@@ -69,9 +88,10 @@ class Budget:
         self.held += hold
         self.in_flight += 1
 
-    def release(self, hold: float) -> None:
-        """The request a hold was kept for is about to reserve its own room."""
-        self.held = max(0.0, self.held - hold)
+    def holds_room_for(self, stage: str) -> bool:
+        """Whether room is held for requests of ``stage`` (answers to questions asked): they
+        may still start when the cap has refused others."""
+        return stage in self._releases and self.held > 0
 
     def settle(self, reserved: float, actual: float) -> None:
         """A request came back and cost ``actual`` (0 when it failed)."""
@@ -88,7 +108,12 @@ class Budget:
 class Reserves(Protocol):
     """A budget as a client sees it: this process's ``Budget``, or a Ray job's shared one."""
 
-    async def reserve(self, amount: float) -> None: ...
+    async def reserve(self, amount: float, stage: str | None = None) -> None: ...
+
+    def holds_room_for(self, stage: str) -> bool:
+        """Whether room is held for requests of ``stage`` (answers to questions asked): they
+        may still start when the cap has refused others."""
+        return stage in self._releases and self.held > 0
 
     def settle(self, reserved: float, actual: float) -> None: ...
 
@@ -111,7 +136,8 @@ class CappedClient:
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         worst = worst_case(self.prices, request, batch=self.batch)
-        await self.budget.reserve(worst)
+        origin = ORIGIN.get()  # the stage asking: the engine sets it for each item
+        await self.budget.reserve(worst, origin[0] if origin is not None else None)
         actual = 0.0
         try:
             response = await self.client.complete(request)
@@ -139,6 +165,16 @@ def worst_case(prices: PriceTable, request: ChatRequest, *, batch: bool = False)
     reply = request.max_tokens or UNBOUNDED_REPLY
     usd = (prompt * price.input + reply * price.output) / 1e6
     return usd * prices.batch_discount if batch else usd
+
+
+def answer_sequel(config: GenerateConfig, prices: PriceTable) -> Sequels:
+    """The question's sequel: the most its answer can cost, the prompt holding the longest
+    question the question stage can write (four characters a token) and the reply a full one."""
+    longest = "x" * (4 * (config.stage("question").max_tokens or UNBOUNDED_REPLY))
+    question = Item("q", "question", None, "", 0, {}, result={"question": longest})
+    answer = Item("a", "answer", "q", "", 0, {})
+    request = Pipeline(config).stages["answer"].request(answer, question)
+    return {"question": ("answer", worst_case(prices, request))}
 
 
 def require_prices(models: dict[str, str], prices: PriceTable) -> None:

@@ -214,7 +214,8 @@ class LocalEngine:
         return self.budget is not None and self.budget.exhausted
 
     def _next(self) -> tuple[Stage, Item, bool] | None:
-        if self.budget is not None and (self.budget.exhausted or self.budget.waiting):
+        budget = self.budget
+        if budget is not None and budget.waiting:
             return None  # what runs may use the room left under the cap
         upstream = self.pipeline.upstream
         upstream_running = sum(self._in_flight[kind] for kind in upstream)
@@ -226,6 +227,8 @@ class LocalEngine:
         order = self.kinds
         if upstream_running < self._reserved:
             order = upstream + tuple(k for k in self.kinds if k not in upstream)
+        if budget is not None and budget.exhausted:
+            order = tuple(kind for kind in order if budget.holds_room_for(kind))  # the answers
         for kind in order:
             if not room[kind in self._batched]:
                 continue
@@ -267,7 +270,7 @@ class LocalEngine:
         """Run one item; ``fresh`` items were created by this run, so none of their replies can
         be stored yet and the lookups are skipped."""
         stats = self.stats.stages[stage.name]
-        ORIGIN.set((stage.name, node.id))  # for the batch API's records
+        ORIGIN.set((stage.name, node.id))  # for the batch API's records and the cap's sequels
         teacher = StoredTeacher(
             self.store,
             self.batch_clients.get(stage.name) or self.stage_clients.get(stage.name, self.client),

@@ -23,14 +23,13 @@ import ray.data
 from ray.data import ActorPoolStrategy, DataContext
 
 from glan.config import ConfigError, GenerateConfig, RayOptions
-from glan.costs.budget import UNBOUNDED_REPLY, Budget, worst_case
-from glan.costs.prices import PriceTable
+from glan.costs.budget import Budget
 from glan.costs.progress import RunStats
 from glan.engine.local import Display, Limits, LocalEngine
 from glan.engine.ray.connect import check_reachable, start_ray
 from glan.engine.ray.workers import Meter, StageWorker, dump_node, expand_specs
 from glan.engine.teacher import Client
-from glan.items import Item, NewItem
+from glan.items import NewItem
 from glan.llm.errors import FatalLLMError
 from glan.llm.types import ChatResponse
 from glan.prompts import prompts_for
@@ -132,11 +131,10 @@ class RayEngine:
         if not subjects:
             return
         _start_ray(self.config.ray)
-        cap, hold = None, 0.0
+        cap = None
         if self.budget is not None:
-            cap = (self.budget.cap, self.budget.spent)
-            hold = answer_hold(self.config, self.stats.prices)
-        meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices, cap, hold)
+            cap = (self.budget.cap, self.budget.spent, self.budget.sequels)
+        meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices, cap)
         dataset = self._dataset(subjects, done, attempts, stored, meter)
         before = dict.fromkeys(("question", "answer"), written)
         poller = asyncio.create_task(self._poll(meter, before))
@@ -235,15 +233,6 @@ class RayEngine:
             stats.tokens_in, stats.tokens_out = counted.tokens_in, counted.tokens_out
             stats.tokens_cached = counted.tokens_cached
             stats.cost = counted.cost
-
-
-def answer_hold(config: GenerateConfig, prices: PriceTable) -> float:
-    """The most the answer to a question of this run can cost: its prompt holding the longest
-    question the question stage can write (four characters a token), and a full reply."""
-    longest = "x" * (4 * (config.stage("question").max_tokens or UNBOUNDED_REPLY))
-    question = Item("q", "question", None, "", 0, {}, result={"question": longest})
-    answer = Item("a", "answer", "q", "", 0, {})
-    return worst_case(prices, Pipeline(config).stages["answer"].request(answer, question))
 
 
 async def _in_daemon_thread(function: Any, *args: Any) -> None:

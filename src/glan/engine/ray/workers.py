@@ -18,13 +18,14 @@ import orjson
 import pyarrow as pa
 
 from glan.config import GenerateConfig
-from glan.costs.budget import Budget, CappedClient, CapReached
+from glan.costs.budget import Budget, CappedClient, CapReached, Sequels
 from glan.costs.prices import PriceTable
 from glan.costs.progress import RunStats, StageStats
 from glan.engine.attempt import attempt
 from glan.engine.ray.journal import CallJournal
 from glan.engine.teacher import StoredTeacher
 from glan.items import Item, NewItem
+from glan.llm.batch.client import ORIGIN
 from glan.llm.client import OpenAIClient
 from glan.llm.errors import FatalLLMError
 from glan.llm.limits import RateLimiter
@@ -57,19 +58,15 @@ class Meter:
         self,
         limits: Mapping[str, tuple[float | None, float | None]],
         prices: PriceTable,
-        cap: tuple[float, float] | None = None,
-        answer_hold: float = 0.0,
+        cap: tuple[float, float, Sequels] | None = None,
     ) -> None:
-        """``cap``: the run's --max-cost and what was spent before the wide stages started;
-        every worker's requests reserve against this one budget. ``answer_hold``: the most an
-        answer can cost, kept free from when its question is asked until the answer is: the two
-        pools run at once, and questions alone could otherwise spend the cap and leave no pair."""
+        """``cap``: the run's --max-cost, what was spent before the wide stages started, and the
+        sequels (see ``Budget``); every worker's requests reserve against this one budget."""
         self.limits = dict(limits)
         self.limiters: dict[str, RateLimiter] = {}
         self.stats = RunStats(prices=prices)
         self.reason: tuple[str, str] | None = None
-        self.budget = None if cap is None else Budget(cap[0], spent=cap[1])
-        self.answer_hold = answer_hold
+        self.budget = None if cap is None else Budget(cap[0], cap[1], cap[2])
 
     def _limiter(self, model: str) -> RateLimiter:
         limiter = self.limiters.get(model)
@@ -105,18 +102,12 @@ class Meter:
     def snapshot(self) -> dict[str, StageStats]:
         return self.stats.stages
 
-    async def reserve_spend(self, amount: float, stage: str) -> bool:
+    async def reserve_spend(self, amount: float, stage: str | None) -> bool:
         """Room for a request of ``stage`` under the cap: False when it was refused (the run
-        stops). A retried answer releases a second hold, and a question that fails for good
-        keeps its own: either can stop the run a little early, never past the cap."""
+        stops)."""
         assert self.budget is not None
-        hold = 0.0
-        if stage == "question":
-            hold = self.answer_hold
-        elif stage == "answer":
-            self.budget.release(self.answer_hold)
         try:
-            await self.budget.reserve(amount, hold)
+            await self.budget.reserve(amount, stage)
         except CapReached:
             return False
         return True
@@ -169,12 +160,11 @@ class SharedBudget:
     """A worker's stand-in for the meter's budget: every request of the job reserves its worst
     case there, so the workers together keep to the run's --max-cost."""
 
-    def __init__(self, meter: Any, stage: str) -> None:
+    def __init__(self, meter: Any) -> None:
         self.meter = meter
-        self.stage = stage
 
-    async def reserve(self, amount: float) -> None:
-        if not await self.meter.reserve_spend.remote(amount, self.stage):
+    async def reserve(self, amount: float, stage: str | None = None) -> None:
+        if not await self.meter.reserve_spend.remote(amount, stage):
             raise CapReached("the next request would take the run past its cap")
 
     def settle(self, reserved: float, actual: float) -> None:
@@ -271,9 +261,7 @@ class StageWorker:
             await self.client.__aenter__()
             self.asking = self.client
             if self.config.max_cost is not None:
-                self.asking = CappedClient(
-                    self.client, SharedBudget(self.meter, self.stage.name), self.prices
-                )
+                self.asking = CappedClient(self.client, SharedBudget(self.meter), self.prices)
             self.journal.start()
         try:
             outputs = await asyncio.gather(
@@ -302,6 +290,7 @@ class StageWorker:
         when the run's cap left it for a later run (nothing recorded: it is asked then)."""
         assert self.asking is not None
         node = load_node(text, self.attempts)
+        ORIGIN.set((self.stage.name, node.id))  # who asks: the cap holds a question's answer room
         teacher = StoredTeacher(
             self.journal,
             self.asking,
