@@ -16,7 +16,7 @@ import pytest
 from conftest import API_KEY, cli_env, read_rows, write_config
 from glan import api
 from glan.config import GenerateConfig
-from glan.costs.budget import UNBOUNDED_REPLY, Budget, CapReached, answer_sequel, worst_case
+from glan.costs.budget import UNBOUNDED_REPLY, Budget, CapReached, sequels, worst_case
 from glan.costs.prices import Price, PriceTable
 from glan.engine.ray.workers import Meter
 from glan.items import Item
@@ -219,14 +219,22 @@ async def test_on_ray_the_meter_holds_the_answers_room_for_every_worker():
     assert meter.capped() and await meter.reserve_spend(0.3, "answer")
 
 
-def test_the_answers_room_covers_the_answer_to_the_longest_question(make_config):
-    config = make_config(stages={"question": {"max_tokens": 100}, "answer": {"max_tokens": 50}})
+def test_the_room_held_covers_the_answer_and_the_last_reply(make_config):
+    limits = {name: {"max_tokens": 100} for name in ("question", "answer", "followup", "reply")}
+    config = make_config(stages=limits, turns=3)
     table = PriceTable(models={"teacher-small": Price(input=1.0, output=10.0)})
-    stage = Pipeline(config).stages["answer"]
-    question = Item("q", "question", None, "", 0, {}, result={"question": "word " * 70})
-    request = stage.request(Item("a", "answer", "q", "", 0, {}), question)
-    answer, hold = answer_sequel(config, table)["question"]
-    assert answer == "answer" and 0 < worst_case(table, request) <= hold
+    stages = Pipeline(config).stages
+    text = "word " * 70  # about the longest a 100-token reply can be, in English
+    question = Item("q", "question", None, "", 0, {}, result={"question": text})
+    answer = stages["answer"].request(Item("a", "answer", "q", "", 0, {}), question)
+    messages = [{"role": role, "content": text} for role in ("user", "assistant") * 2]
+    turn = Item("t", "reply", None, "", 0, {}, result={"messages": messages})
+    followup = Item("f", "followup", None, "", 0, {}, result={"question": text})
+    reply = stages["reply"].request(Item("r", "reply", "f", "", 0, {}, context=turn), followup)
+    held = sequels(config, table)
+    assert held["question"][0] == "answer" and held["followup"][0] == "reply"
+    assert 0 < worst_case(table, answer) <= held["question"][1]
+    assert worst_case(table, answer) < worst_case(table, reply) <= held["followup"][1]
 
 
 @pytest.mark.parametrize("concurrency", [8, 32])
@@ -246,6 +254,24 @@ def test_a_capped_run_pays_for_no_question_it_cannot_answer(
     capped = api.generate(run, tmp_path / "run", progress="none")
     assert capped.capped and 0 < capped.cost <= cap
     assert 0 < capped.rows == capped.stages["answer"].done == capped.stages["question"].done
+
+
+def test_a_capped_conversation_run_pays_for_no_follow_up_it_cannot_reply_to(
+    tmp_path, teacher, make_config
+):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(PRICES, encoding="utf-8")
+    tight = {**TIGHT, "followup": {"max_tokens": 400}, "reply": {"max_tokens": 400}}
+    sized = {"prices": prices, "stages": tight, "questions_per_syllabus": 5, "turns": 2}
+    full = api.generate(make_config(**sized), tmp_path / "full", progress="none")
+    narrow = full.stages["subjects"].cost + full.stages["syllabus"].cost
+    cap = narrow + (full.cost - narrow) * 0.8
+    run = make_config(**sized, max_cost=cap, concurrency=32)
+    capped = api.generate(run, tmp_path / "run", progress="none")
+    stages = capped.stages
+    assert capped.capped and 0 < capped.cost <= cap
+    assert stages["answer"].done == stages["question"].done
+    assert 0 < capped.rows == stages["reply"].done == stages["followup"].done
 
 
 def test_the_worst_case_of_a_request_is_its_prompt_and_max_tokens():

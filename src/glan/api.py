@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from glan.config import ConfigError, GenerateConfig, resolve_endpoint
-from glan.costs.budget import Budget, CappedClient, answer_sequel, require_prices
+from glan.costs.budget import Budget, CappedClient, require_prices, sequels
 from glan.costs.confirm import (
     NotConfirmed,
     needs_confirming,
@@ -322,8 +322,7 @@ def _budget(config: GenerateConfig, usage: Iterable[Usage], prices: PriceTable) 
     if config.max_cost is None:
         return None
     require_prices({name: config.stage(name).model or config.model for name in LABELS}, prices)
-    sequels = answer_sequel(config, prices)
-    return Budget(config.max_cost, spent=total_spent(usage, prices), sequels=sequels)
+    return Budget(config.max_cost, total_spent(usage, prices), sequels(config, prices))
 
 
 def _capped(client: Client, budget: Budget | None, prices: PriceTable, batch: bool = False) -> Any:

@@ -10,7 +10,8 @@ in flight finish and be stored, and the run stops, within one request's worst ca
 The items that were not finished stay pending, so a later run with a higher cap continues them.
 
 A question is worth nothing without its answer: a question is asked only while the worst case of
-its answer fits too, and that room stays held until the answer reserves its own (``sequels``).
+its answer fits too, and that room stays held until the answer reserves its own (``sequels``; a
+follow-up and its reply likewise).
 Without it, the questions of a first wave (or Ray's question pool, running beside the answers')
 could spend the whole cap and leave not one pair.
 """
@@ -26,6 +27,7 @@ from glan.costs.prices import PriceTable
 from glan.items import Item
 from glan.llm.batch.client import ORIGIN
 from glan.llm.types import ChatRequest, ChatResponse
+from glan.stages.base import assistant, user
 from glan.stages.pipeline import Pipeline
 
 # The reply a request without max_tokens is assumed to be able to reach, in tokens.
@@ -167,14 +169,28 @@ def worst_case(prices: PriceTable, request: ChatRequest, *, batch: bool = False)
     return usd * prices.batch_discount if batch else usd
 
 
-def answer_sequel(config: GenerateConfig, prices: PriceTable) -> Sequels:
-    """The question's sequel: the most its answer can cost, the prompt holding the longest
-    question the question stage can write (four characters a token) and the reply a full one."""
-    longest = "x" * (4 * (config.stage("question").max_tokens or UNBOUNDED_REPLY))
-    question = Item("q", "question", None, "", 0, {}, result={"question": longest})
-    answer = Item("a", "answer", "q", "", 0, {})
-    request = Pipeline(config).stages["answer"].request(answer, question)
-    return {"question": ("answer", worst_case(prices, request))}
+def sequels(config: GenerateConfig, prices: PriceTable) -> Sequels:
+    """What each asking stage must leave room for: a question its answer, and with ``--turns``
+    above 1 a follow-up its reply, each at its worst case: its prompt holding the longest texts
+    the stages before can write (four characters a token; a reply, the whole conversation of
+    the last turn) and its reply a full one."""
+    stages = Pipeline(config).stages
+
+    def longest(stage: str) -> str:
+        return "x" * (4 * (config.stage(stage).max_tokens or UNBOUNDED_REPLY))
+
+    question = Item("q", "question", None, "", 0, {}, result={"question": longest("question")})
+    answer = stages["answer"].request(Item("a", "answer", "q", "", 0, {}), question)
+    found = {"question": ("answer", worst_case(prices, answer))}
+    if config.turns > 1:
+        conversation = [user(longest("question")), assistant(longest("answer"))]
+        for _ in range(config.turns - 2):
+            conversation += [user(longest("followup")), assistant(longest("reply"))]
+        before = Item("t", "reply", None, "", 0, {}, result={"messages": conversation})
+        followup = Item("f", "followup", None, "", 0, {}, result={"question": longest("followup")})
+        reply = Item("r", "reply", "f", "", 0, {}, context=before)
+        found["followup"] = ("reply", worst_case(prices, stages["reply"].request(reply, followup)))
+    return found
 
 
 def require_prices(models: dict[str, str], prices: PriceTable) -> None:
