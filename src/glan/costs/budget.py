@@ -5,15 +5,15 @@ reply of its full ``max_tokens`` at the output rate. A request is sent only whil
 directory has spent (every invocation so far, at the run's price table) plus the worst case of
 every request in flight stays within the cap. One that does not fit waits for requests in flight
 to come back (their real cost is almost always far below their worst case), and is refused when
-nothing is in flight and it still does not fit: the engine then starts nothing new, lets what is
-in flight finish and be stored, and the run stops, within one request's worst case of the cap.
+nothing is in flight and it still does not fit: the engine then starts nothing new (but the
+answers whose room is held, below), lets what is in flight finish and be stored, and the run
+stops, within one request's worst case of the cap.
 The items that were not finished stay pending, so a later run with a higher cap continues them.
 
 A question is worth nothing without its answer: a question is asked only while the worst case of
 its answer fits too, and that room stays held until the answer reserves its own (``sequels``; a
-follow-up and its reply likewise).
-Without it, the questions of a first wave (or Ray's question pool, running beside the answers')
-could spend the whole cap and leave not one pair.
+follow-up and its reply likewise). Without it, the questions of a first wave (or Ray's question
+pool, running beside the answers') could spend the whole cap and leave not one pair.
 """
 
 from __future__ import annotations
