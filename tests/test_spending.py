@@ -212,7 +212,8 @@ async def test_a_question_is_asked_only_while_its_answer_fits_too():
 
 
 async def test_on_ray_the_meter_holds_the_answers_room_for_every_worker():
-    meter = Meter({}, PriceTable(models={}), cap=(1.0, 0.0, {"question": ("answer", 0.3)}))
+    budget = Budget(cap=1.0, sequels={"question": ("answer", 0.3)})
+    meter = Meter({}, PriceTable(models={}), budget)
     assert await meter.reserve_spend(0.5, "question")
     meter.settle_spend(0.5, 0.4)
     assert not await meter.reserve_spend(0.1, "question")  # 0.4 + 0.3 + 0.1 + 0.3 > 1

@@ -131,10 +131,8 @@ class RayEngine:
         if not subjects:
             return
         _start_ray(self.config.ray)
-        cap = None
-        if self.budget is not None:
-            cap = (self.budget.cap, self.budget.spent, self.budget.sequels)
-        meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices, cap)
+        # the meter gets the budget as the narrow stages left it: its cap, spend and sequels
+        meter = ray.remote(Meter).remote(self.config.limits(), self.stats.prices, self.budget)
         dataset = self._dataset(subjects, done, attempts, stored, meter)
         before = dict.fromkeys(("question", "answer"), written)
         poller = asyncio.create_task(self._poll(meter, before))

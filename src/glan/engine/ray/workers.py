@@ -18,7 +18,7 @@ import orjson
 import pyarrow as pa
 
 from glan.config import GenerateConfig
-from glan.costs.budget import Budget, CappedClient, CapReached, Sequels
+from glan.costs.budget import Budget, CappedClient, CapReached
 from glan.costs.prices import PriceTable
 from glan.costs.progress import RunStats, StageStats
 from glan.engine.attempt import attempt
@@ -58,15 +58,15 @@ class Meter:
         self,
         limits: Mapping[str, tuple[float | None, float | None]],
         prices: PriceTable,
-        cap: tuple[float, float, Sequels] | None = None,
+        budget: Budget | None = None,
     ) -> None:
-        """``cap``: the run's --max-cost, what was spent before the wide stages started, and the
-        sequels (see ``Budget``); every worker's requests reserve against this one budget."""
+        """``budget``: the run's cap, as it stood when the wide stages started; every worker's
+        requests reserve against this one budget."""
         self.limits = dict(limits)
         self.limiters: dict[str, RateLimiter] = {}
         self.stats = RunStats(prices=prices)
         self.reason: tuple[str, str] | None = None
-        self.budget = None if cap is None else Budget(cap[0], cap[1], cap[2])
+        self.budget = budget
 
     def _limiter(self, model: str) -> RateLimiter:
         limiter = self.limiters.get(model)
